@@ -1,0 +1,1 @@
+"""Benchmarks: SelectLens against reference implementations of the original pipeline, in one run."""

@@ -1,0 +1,114 @@
+"""Data files: a :class:`TaskBatch` as safetensors, with the resolved config as metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from selectlens.config import Config, ConfigError, config_from_dict
+from selectlens.errors import InputError
+from selectlens.tasks.generators import TaskBatch
+
+DATA_TENSORS = ("tokens", "target", "alpha", "x_train", "y_train", "x_test", "y_test", "w")
+
+
+class DataFileError(InputError):
+    """A data file that cannot be read or written, in one line."""
+
+
+def check_writable(path: str | Path, *, force: bool = False) -> Path:
+    """Refuse to clobber an existing file (unless ``force``), a directory, or an unwritable location."""
+    p = Path(path)
+    if p.is_dir():
+        raise DataFileError(f"output path is a directory: {p}")
+    if p.exists() and not force:
+        raise DataFileError(f"output file exists: {p} (use --force to overwrite)")
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise DataFileError(f"output parent is not a directory: {parent}")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise DataFileError(f"output directory is not writable: {probe}")
+    return p
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_task_batch(path: str | Path, batch: TaskBatch, config: Config, *, force: bool = False) -> Path:
+    """Write ``batch``'s tensors (exactly :data:`DATA_TENSORS`) and ``config`` to ``path``."""
+    from safetensors.torch import save
+
+    p = check_writable(path, force=force)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in batch.as_dict().items()}
+    meta = {"config": json.dumps(config.to_dict()), "format": "selectlens-data-1"}
+    atomic_write_bytes(p, save(tensors, metadata=meta))
+    return p
+
+
+def load_task_batch(path: str | Path) -> tuple[TaskBatch, Config]:
+    """Read a file written by :func:`save_task_batch`; every problem is one :class:`DataFileError` line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    p = Path(path)
+    if not p.exists():
+        raise DataFileError(f"data file not found: {p}")
+    if p.is_dir():
+        raise DataFileError(f"data path is a directory: {p}")
+    raw = p.read_bytes()
+    if not raw:
+        raise DataFileError(f"data file is empty: {p}")
+    try:
+        tensors = load(raw)
+        import safetensors
+
+        with safetensors.safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
+        raise DataFileError(f"data file {p} is not a valid safetensors file ({str(e).splitlines()[0][:80]})") from None
+    missing = [k for k in DATA_TENSORS if k not in tensors]
+    if missing:
+        raise DataFileError(f"data file {p} lacks tensor {missing[0]!r}")
+    try:
+        config = config_from_dict(json.loads(meta["config"]))
+    except KeyError:
+        raise DataFileError(f"data file {p} has no config metadata") from None
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise DataFileError(f"data file {p} has bad config metadata: {e}") from None
+    batch = TaskBatch(**{k: tensors[k] for k in DATA_TENSORS})
+    _check_shapes(p, batch, config)
+    return batch, config
+
+
+def _check_shapes(p: Path, batch: TaskBatch, config: Config) -> None:
+    B = batch.tokens.shape[0] if batch.tokens.dim() == 3 else -1
+    N, d, K = config.data.N, config.data.d_d, len(config.data.candidates)
+    expected = {
+        "tokens": (B, N, K + 1), "target": (B,), "alpha": (B,), "x_train": (B, N, d),
+        "y_train": (B, N), "x_test": (B, N, d), "y_test": (B, N), "w": (B, d),
+    }
+    for name, shape in expected.items():
+        got = tuple(getattr(batch, name).shape)
+        if got != shape:
+            raise DataFileError(f"data file {p}: tensor {name!r} has shape {list(got)}, expected {list(shape)}")
+        if not getattr(batch, name).is_floating_point():
+            raise DataFileError(f"data file {p}: tensor {name!r} is not floating point")
