@@ -61,6 +61,153 @@ def data(config, overrides, sequences, seed, device, out, force) -> None:
     click.echo(f"wrote {n} {cfg.data.task_name} sequences (tokens {list(batch.tokens.shape)}) to {path}")
 
 
+def _default_run_dir(cfg: Config, out: Path | None) -> Path:
+    return out if out is not None else Path(cfg.out_dir)
+
+
+@cli.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default: the config's out_dir).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Replace an existing run directory.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop (with a checkpoint) after this many minutes.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the config's).")
+@click.option("--device", default=None, help="torch device (default: the config's).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(config, overrides, out, resume, force, max_minutes, seed, device, quiet) -> None:
+    """Train a model; writes checkpoints and metrics.jsonl into the run directory."""
+    from selectlens.train import train as run_training
+
+    if resume and force:
+        raise click.UsageError("--resume and --force exclude each other")
+    cfg = _config(config, overrides, seed=seed, device=device)
+    run = _default_run_dir(cfg, out)
+    if resume and (config or overrides or seed is not None or device is not None):
+        raise click.UsageError("--resume continues a run with its own config.json; drop --config/--set/--seed/--device")
+    result = run_training(cfg, run, resume=resume, force=force, max_minutes=max_minutes, progress=not quiet)
+    _report_training(result)
+
+
+def _report_training(result) -> None:
+    last = result.last
+    state = "stopped at the time limit" if result.stopped_early else "finished"
+    if last:
+        cv = last["baselines"]["context_validation_select"]
+        click.echo(f"{state}: epoch {result.epoch}, {last['sequences']:,} sequences, test loss {last['test_loss']:.5f} "
+                   f"(context-validation select {cv:.5f}); run in {result.run_dir}")
+    else:
+        click.echo(f"{state}: nothing left to train in {result.run_dir}")
+
+
+@cli.command("eval")
+@click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--sequences", type=click.IntRange(min=2), default=None, help="Held-out sequences (default: eval.sequences, 20000).")
+@click.option("--device", default=None, help="torch device (default: the run's).")
+@click.option("--json", "as_json", is_flag=True, help="Print eval.json.")
+def evaluate(run, sequences, device, as_json) -> None:
+    """Evaluate a run's model and every baseline on a fixed held-out set (writes eval.json, eval.md, a PNG)."""
+    result, paths = _run_eval(run, sequences, device)
+    if as_json:
+        _emit_json(result)
+    else:
+        from selectlens.evaluate import eval_markdown
+
+        click.echo(eval_markdown(result))
+        click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _run_eval(run: Path, sequences: int | None, device: str | None):
+    from selectlens.evaluate import evaluate_model, write_eval
+    from selectlens.rundir import load_run_model, read_jsonl
+
+    dev = str(check_device(device)) if device else None
+    model, cfg = load_run_model(run, device=dev or cfg_device(run))
+    result = evaluate_model(model, cfg, sequences=sequences, device=dev)
+    paths = write_eval(run, result, read_jsonl(run / "metrics.jsonl"))
+    return result, paths
+
+
+def cfg_device(run: Path) -> str:
+    from selectlens.rundir import read_run_config
+
+    return str(check_device(read_run_config(run).device))
+
+
+@cli.command()
+@click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--data", "data_file", required=True, type=click.Path(path_type=Path), help="A file written by `selectlens data`.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output .safetensors with tensor `prediction` [B].")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--device", default=None, help="torch device (default: cpu).")
+def predict(run, data_file, out, force, device) -> None:
+    """Apply a run's model to a data file."""
+    from safetensors.torch import save
+
+    from selectlens.evaluate.runner import model_predictions
+    from selectlens.rundir import atomic_write, load_run_model
+    from selectlens.tasks import load_task_batch
+    from selectlens.tasks.io import DataFileError, check_writable
+
+    check_writable(out, force=force)
+    dev = check_device(device or "cpu")
+    model, cfg = load_run_model(run, device=dev)
+    batch, _ = load_task_batch(data_file)
+    if batch.tokens.shape[-1] != model.spec.n_features or batch.tokens.shape[1] > model.spec.n_positions:
+        raise DataFileError(
+            f"{data_file}: tokens {list(batch.tokens.shape[1:])} do not fit the model "
+            f"(needs width {model.spec.n_features}, length <= {model.spec.n_positions})"
+        )
+    dtype = next(model.parameters()).dtype
+    pred = model_predictions(model, batch.tokens.to(dev, dtype)).cpu()
+    atomic_write(out, save({"prediction": pred.contiguous()}, metadata={"run": str(run), "data": str(data_file)}))
+    click.echo(f"wrote {pred.shape[0]} predictions to {out}")
+
+
+@cli.command("import")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Original .pt/.pth state dict.")
+@click.option("--config", "config", required=True, help="The original YAML the checkpoint was trained with.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="New run directory.")
+@click.option("--force", is_flag=True, help="Replace an existing run directory.")
+def import_checkpoint(checkpoint, config, overrides, out, force) -> None:
+    """Turn an original-project checkpoint into a run directory (for eval, predict, interpret)."""
+    from selectlens.model import ModelSpec, import_legacy_state_dict, save_model
+    from selectlens.rundir import prepare_run_dir
+
+    cfg = _config(config, overrides)
+    model = import_legacy_state_dict(checkpoint, ModelSpec.from_config(cfg))  # validate before touching --out
+    prepare_run_dir(out, cfg, force=force)
+    save_model(model, out / "model.safetensors", {"imported_from": str(checkpoint)})
+    click.echo(f"imported {checkpoint} into {out}")
+
+
+@cli.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default: the config's out_dir).")
+@click.option("--force", is_flag=True, help="Replace an existing run directory.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Training time limit.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run(config, overrides, out, force, max_minutes, quiet) -> None:
+    """The main job: train, then evaluate, into one run directory."""
+    from selectlens.train import train as run_training
+
+    cfg = _config(config, overrides)
+    run_dir = _default_run_dir(cfg, out)
+    click.echo(f"[1/2] training {cfg.data.task_name} ({cfg.training.epochs} epochs) into {run_dir}")
+    result = run_training(cfg, run_dir, force=force, max_minutes=max_minutes, progress=not quiet)
+    _report_training(result)
+    click.echo(f"[2/2] evaluating on {cfg.eval.sequences:,} held-out sequences")
+    ev, paths = _run_eval(run_dir, None, None)
+    m = ev["predictors"]["model"]
+    cv = ev["predictors"]["context_validation_select"]
+    click.echo(f"model MSE {m['mse']:.5f} [{m['ci_low']:.5f}, {m['ci_high']:.5f}]; context-validation select "
+               f"{cv['mse']:.5f}; paired (cv − model) 95% CI [{cv['paired_diff_ci'][0]:+.5f}, {cv['paired_diff_ci'][1]:+.5f}]")
+    click.echo(f"results: {paths['md']}")
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks against reference implementations, measured in the same run."""

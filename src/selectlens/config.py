@@ -109,6 +109,10 @@ class TrainingConfig(_Section):
     lr: float = Field(4e-4, gt=0, description="Adam learning rate.")
     save_every_epochs: int = Field(50, gt=0, description="Checkpoint period in epochs.")
     epochs: int = Field(2000, gt=0, description="Number of epochs (each epoch draws fresh data).")
+    loss: Literal["mse", "bce"] = Field("mse", description="mse; or bce (classification: the read-out is a logit).")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule after warm-up.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value (off when null).")
 
     @field_validator("lr")
     @classmethod
@@ -116,6 +120,13 @@ class TrainingConfig(_Section):
         if not math.isfinite(v):
             raise ValueError("must be finite")
         return v
+
+
+class EvalConfig(_Section):
+    """Held-out evaluation."""
+
+    sequences: int = Field(20000, gt=0, description="Held-out sequences (seeded independently of training).")
+    temperature_sequences: int = Field(4000, gt=0, description="Training sequences used to fit the context-softmax temperature.")
 
 
 class WandbConfig(_Section):
@@ -135,6 +146,7 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     out_dir: str = Field("runs/default", min_length=1, description="Default run directory.")
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = Field(0, ge=0, description="Seed for data, initialisation and shuffling.")
     device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1.")
     dtype: Literal["float32", "float64"] = Field("float32", description="Floating-point type of data and model.")
@@ -149,6 +161,12 @@ class Config(_Section):
         except (RuntimeError, TypeError, ValueError):
             raise ValueError(f"not a torch device: {v!r}") from None
         return v
+
+    @model_validator(mode="after")
+    def _loss_fits_task(self) -> "Config":
+        if self.training.loss == "bce" and not self.data.classification:
+            raise ValueError("training.loss bce needs data.classification true")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -144,6 +144,15 @@ def make_task(config: Config, device: torch.device | str | None = None) -> Task:
     return cls(config.data, device=device if device is not None else config.device, dtype=DTYPES[config.dtype])
 
 
+# Independent random streams derived from a config's seed.
+DATA_STREAM, SHUFFLE_STREAM, INIT_STREAM, TEMPERATURE_STREAM, EVAL_STREAM = 0, 1, 2, 3, 101
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed of random stream ``stream`` for a run seeded ``seed`` (data, shuffling, init, eval, …)."""
+    return (seed * 1_000_003 + 7_919 * (stream + 1)) % (2**63 - 1)
+
+
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A seeded ``torch.Generator`` on ``device``."""
     return torch.Generator(device=torch.device(device)).manual_seed(int(seed))

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selectlens.config import load_config
+from selectlens.rundir import checkpoint_dirs, read_jsonl
+from selectlens.train import TrainingError, train
+
+TINY = ["data.train_samp_per_class=300", "training.batch_size=32", "training.save_every_epochs=2",
+        "eval.temperature_sequences=200", "model.n_embd=16", "model.n_layer=2"]
+
+
+def _cfg(*extra):
+    return load_config("default", TINY + list(extra))
+
+
+def test_train_writes_run_dir_and_metrics(tmp_path):
+    run = tmp_path / "run"
+    res = train(_cfg("training.epochs=3"), run, progress=False)
+    assert res.epoch == 3 and res.step == 3 * 8  # 240 training sequences / 32
+    lines = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    for r in lines:
+        assert {"train_loss", "test_loss", "baselines", "lr", "step", "sequences"} <= set(r)
+        assert "context_validation_select" in r["baselines"] and "oracle_select" in r["baselines"]
+    assert [e for e, _ in checkpoint_dirs(run)] == [2, 3]
+    assert (run / "config.json").exists() and (run / "model.safetensors").exists()
+    state = torch.load(checkpoint_dirs(run)[-1][1] / "state.pt", weights_only=True)
+    assert state["epoch"] == 3 and "optimizer" in state and "data_rng" in state
+
+
+def test_resume_matches_uninterrupted_run_bitwise(tmp_path):
+    full = tmp_path / "full"
+    train(_cfg("training.epochs=4"), full, progress=False)
+    part = tmp_path / "part"
+    train(_cfg("training.epochs=4"), part, progress=False, max_minutes=1e-9)  # stops after epoch 1
+    assert [e for e, _ in checkpoint_dirs(part)] == [1]
+    res = train(_cfg("training.epochs=4"), part, resume=True, progress=False)
+    assert res.epoch == 4
+    a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (full / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
+
+
+def test_same_seed_same_metrics_and_different_seed_differs(tmp_path):
+    train(_cfg("training.epochs=2"), tmp_path / "a", progress=False)
+    train(_cfg("training.epochs=2"), tmp_path / "b", progress=False)
+    train(_cfg("training.epochs=2", "seed=1"), tmp_path / "c", progress=False)
+    a = (tmp_path / "a" / "metrics.jsonl").read_text()
+    assert a == (tmp_path / "b" / "metrics.jsonl").read_text()
+    assert a != (tmp_path / "c" / "metrics.jsonl").read_text()
+
+
+def test_existing_run_dir_is_never_overwritten(cli, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep")
+    res = cli("train", "--out", str(run), "--quiet", *[a for o in TINY for a in ("--set", o)], "--set", "training.epochs=1")
+    assert res.returncode == 2 and "exists" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert (run / "precious.txt").read_text() == "keep"
+    res = cli("train", "--out", str(run), "--quiet", "--force", *[a for o in TINY for a in ("--set", o)], "--set", "training.epochs=1")
+    assert res.returncode == 0, res.stderr
+    assert not (run / "precious.txt").exists()
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(cli, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--quiet", *[a for o in TINY for a in ("--set", o)],
+            "--set", "training.epochs=6", "--set", "training.save_every_epochs=1"]
+    ok = cli(*args, "--max-minutes", "0.0000001")
+    assert ok.returncode == 0, ok.stderr
+    # Poison the checkpointed model so the resumed run's first loss is not finite.
+    from selectlens.model.checkpoint import read_safetensors
+    from safetensors.torch import save_file
+
+    ckpt = checkpoint_dirs(run)[-1][1]
+    tensors, meta = read_safetensors(ckpt / "model.safetensors")
+    tensors["read_out.bias"] = torch.tensor([float("nan")])
+    save_file(tensors, ckpt / "model.safetensors", metadata=meta)
+    res = cli("train", "--out", str(run), "--resume", "--quiet")
+    assert res.returncode == 1
+    assert "non-finite loss at epoch 2 step 1" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert [e for e, _ in checkpoint_dirs(run)] == [1]
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1]
+
+
+def test_wandb_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    train(_cfg("training.epochs=2", "wandb.project=selectlens-test", "wandb.name=t"), run, progress=False)
+    logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 1, "wandb wrote no offline run"
+    raw = logs[0].read_bytes()
+    # two epochs of records, with the model's and the baselines' losses
+    assert raw.count(b"baselines/context_validation_select") >= 2 and b"test_loss" in raw
+    assert (run / "wandb_id.txt").read_text() in logs[0].name
