@@ -11,10 +11,10 @@ SPEC = ModelSpec(n_features=3, n_positions=21)
 
 def _orig_state(seed=0):
     pytest.importorskip("transformers")
-    from hf_reference import original_model
+    from selectlens.benchmarks.reference import original_model
 
     torch.manual_seed(seed)
-    ref = original_model(3, 21)
+    ref = original_model(3, 21).eval()
     return ref, dict(ref.state_dict())
 
 

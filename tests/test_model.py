@@ -20,11 +20,11 @@ def _model(seed=0, spec=SPEC):
 
 def test_identical_to_huggingface_gpt2():
     pytest.importorskip("transformers")
-    from hf_reference import original_model
+    from selectlens.benchmarks.reference import original_model
     from selectlens.model.checkpoint import _legacy_names
 
     torch.manual_seed(1)
-    ref = original_model(3, 21)
+    ref = original_model(3, 21).eval()
     with torch.no_grad():  # non-trivial LayerNorm and bias values
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -65,7 +65,7 @@ def test_hook_names_and_cache_shapes():
     assert torch.allclose(cache["blocks.0.hook_resid_pre"], cache["hook_embed"] + cache["hook_pos_embed"])
     _, some = m.run_with_cache(X, names_filter=lambda n: n.endswith("hook_pattern"))
     assert set(some) == {f"blocks.{l}.attn.hook_pattern" for l in range(3)}
-    assert torch.equal(out.prediction, m.predict(X))
+    assert torch.allclose(out.prediction, m.predict(X), atol=1e-6)
 
 
 def test_run_with_hooks_can_patch_and_hooks_are_removed():
@@ -103,3 +103,12 @@ def test_sigmoid_output_for_bce():
     m = _model(spec=ModelSpec(n_features=8, n_positions=64, output="sigmoid"))
     out = m(torch.randn(5, 64, 8))
     assert torch.allclose(out.prediction, torch.sigmoid(out.raw[:, -1]))
+
+
+def test_fused_and_explicit_attention_agree():
+    m = _model(3)
+    X = torch.randn(8, 21, 3)
+    fused = m.predict(X)  # no hooks: fused kernel
+    hooked, cache = m.run_with_cache(X, names_filter="blocks.0.attn.hook_pattern")
+    assert "blocks.0.attn.hook_pattern" in cache
+    assert torch.allclose(fused, hooked.prediction, atol=1e-6)

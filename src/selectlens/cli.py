@@ -241,6 +241,32 @@ def bench_datagen(task, config, overrides, device, sequences, reference_sequence
     click.echo(f"  ratio      : {result['ratio']:>12,.1f}x")
 
 
+@bench.command("train")
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--device", default=None, help="torch device for SelectLens (the reference always runs on CPU).")
+@click.option("--reference-sequences", type=click.IntRange(min=2), default=1000,
+              help="Sequences for the reference (its rate does not depend on the count).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_train(config, overrides, device, reference_sequences, as_json) -> None:
+    """Sequences/s of a full epoch (data + training) vs. the original pipeline (sklearn data, HF GPT-2, batch 32)."""
+    from selectlens.benchmarks.train import bench_train as run
+
+    cfg = _config(config, overrides)
+    dev = check_device(device or cfg.device)
+    result = run(cfg, device=str(dev), reference_sequences_count=reference_sequences)
+    result["config"] = config or "default"
+    if as_json:
+        _emit_json(result)
+        return
+    click.echo(f"full epoch, config {result['config']}, device {result['device']}")
+    click.echo(f"  selectlens : {result['ours_seq_per_s']:>10,.0f} sequences/s "
+               f"({result['sequences_per_epoch']} sequences, batch {result['batch_size']})")
+    click.echo(f"  reference  : {result['reference_seq_per_s']:>10,.1f} sequences/s "
+               f"(sklearn data + HF GPT2Model, batch 32, {result['reference_sequences']} sequences)")
+    click.echo(f"  ratio      : {result['ratio']:>10,.1f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every expected failure into one line and an exit code."""
     try:

@@ -57,3 +57,29 @@ def reference_sequences(data: DataConfig, n_sequences: int, seed: int = 0) -> di
         "target": torch.tensor(np.array(targets)[order], dtype=torch.float32),
         "alpha": torch.tensor(np.array(labels)[order], dtype=torch.float32),
     }
+
+
+def original_model(n_dims: int, n_positions: int, n_embd: int = 64, n_layer: int = 3, n_head: int = 2) -> torch.nn.Module:
+    """The original project's model: Hugging Face ``GPT2Model`` (with its full 50257-row token table)
+    between a linear read-in and read-out. Needs ``transformers`` (``pip install 'selectlens[hf]'``)."""
+    try:
+        from transformers import GPT2Config, GPT2Model
+    except ImportError:
+        from selectlens.errors import InputError
+
+        raise InputError("this needs Hugging Face transformers: pip install 'selectlens[hf]'") from None
+
+    class TransformerModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            cfg = GPT2Config(n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
+            self._read_in = torch.nn.Linear(n_dims, n_embd)
+            self._backbone = GPT2Model(cfg)
+            self._read_out = torch.nn.Linear(n_embd, 1)
+
+        def forward(self, X: torch.Tensor) -> torch.Tensor:
+            h = self._backbone(inputs_embeds=self._read_in(X)).last_hidden_state
+            return self._read_out(h)[:, -1, 0]
+
+    return TransformerModel()

@@ -66,6 +66,10 @@ class LayerNorm(nn.Module):
 
 
 class Attention(nn.Module):
+    """Causal multi-head attention. The scores and pattern are materialised (and
+    their hooks run) when something hooks them; otherwise the fused
+    ``scaled_dot_product_attention`` computes the same thing faster."""
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
         d, self.n_head, self.d_head = spec.n_embd, spec.n_head, spec.d_head
@@ -86,11 +90,16 @@ class Attention(nn.Module):
         q = self.hook_q(q.view(B, T, self.n_head, self.d_head))  # (B, T, H, dh)
         k = self.hook_k(k.view(B, T, self.n_head, self.d_head))
         v = self.hook_v(v.view(B, T, self.n_head, self.d_head))
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)  # (B, H, T, T)
-        scores = scores.masked_fill(~self.causal_mask[:T, :T], float("-inf"))
-        scores = self.hook_attn_scores(scores)
-        pattern = self.hook_pattern(scores.softmax(dim=-1))  # (B, H, T, T)
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))  # (B, T, H, dh)
+        if self.hook_attn_scores._forward_hooks or self.hook_pattern._forward_hooks:
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)  # (B, H, T, T)
+            scores = scores.masked_fill(~self.causal_mask[:T, :T], float("-inf"))
+            scores = self.hook_attn_scores(scores)
+            pattern = self.hook_pattern(scores.softmax(dim=-1))  # (B, H, T, T)
+            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)  # (B, T, H, dh)
+        else:  # nothing reads the pattern: fused kernel, same maths
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+            z = z.transpose(1, 2)  # (B, T, H, dh)
+        z = self.hook_z(z)
         return self.out(z.reshape(B, T, d))
 
 
