@@ -1,6 +1,6 @@
 """GPU checks and benchmarks in one run (for a lent GPU machine): writes JSON to $OUT or ./gpu_results.
 
-    PYTHONPATH=src python scripts/gpu_check.py
+    PYTHONPATH=src python scripts/gpu_check.py [STEP ...]
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ def model_cuda_vs_cpu():
     torch.manual_seed(0)
     m = SelectionTransformer(ModelSpec(n_features=3, n_positions=21)).eval()
     X = torch.randn(256, 21, 3)
-    cpu = m.predict(X)
-    gpu = m.to(dev).predict(X.to(dev)).cpu()
+    with torch.no_grad():
+        cpu = m.predict(X)
+        gpu = m.to(dev).predict(X.to(dev)).cpu()
     return {"max_abs_diff": float((cpu - gpu).abs().max())}
 
 
@@ -122,12 +123,37 @@ def short_training():
             "cv_minus_model_ci": p["context_validation_select"]["paired_diff_ci"]}
 
 
-step("fitting_vs_sklearn", fitting_vs_sklearn)
-step("model_cuda_vs_cpu", model_cuda_vs_cpu)
-step("bench_datagen_regression", lambda: bench_datagen("regression"))
-step("bench_datagen_classification", lambda: bench_datagen("classification"))
-step("bench_datagen_regression_large_batch", lambda: bench_datagen_big("regression"))
-step("bench_datagen_classification_large_batch", lambda: bench_datagen_big("classification"))
-step("bench_train", bench_train)
-step("short_training", short_training)
+def resume_on_cuda():
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from selectlens.config import load_config
+    from selectlens.train import train
+
+    cfg = load_config("default", ["device=cuda", "training.epochs=4", "training.save_every_epochs=1",
+                                  "data.train_samp_per_class=2000"])
+    with tempfile.TemporaryDirectory() as d:
+        train(cfg, Path(d) / "full", progress=False)
+        train(cfg, Path(d) / "part", progress=False, max_minutes=1e-9)
+        train(cfg, Path(d) / "part", resume=True, progress=False)
+        a, b = load_file(Path(d) / "full" / "model.safetensors"), load_file(Path(d) / "part" / "model.safetensors")
+        diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+        same_metrics = (Path(d) / "full" / "metrics.jsonl").read_text() == (Path(d) / "part" / "metrics.jsonl").read_text()
+    return {"max_abs_weight_diff_resumed_vs_uninterrupted": diff, "metrics_identical": same_metrics}
+
+
+STEPS = {
+    "fitting_vs_sklearn": fitting_vs_sklearn,
+    "model_cuda_vs_cpu": model_cuda_vs_cpu,
+    "bench_datagen_regression": lambda: bench_datagen("regression"),
+    "bench_datagen_classification": lambda: bench_datagen("classification"),
+    "bench_datagen_regression_large_batch": lambda: bench_datagen_big("regression"),
+    "bench_datagen_classification_large_batch": lambda: bench_datagen_big("classification"),
+    "bench_train": bench_train,
+    "short_training": short_training,
+    "resume_on_cuda": resume_on_cuda,
+}
+for name in sys.argv[1:] or list(STEPS):
+    step(name, STEPS[name])
 print("done", flush=True)

@@ -115,9 +115,9 @@ def fit_softmax_temperature(batch: TaskBatch, kind: str) -> float:
         w = torch.softmax(-errors.unsqueeze(0) / (10.0 ** log_t).view(-1, 1, 1), dim=2)
         return pointwise_loss((w * preds.unsqueeze(0)).sum(-1), target.unsqueeze(0), kind).mean(dim=1)
 
-    grid = torch.linspace(-4, 3, 71, dtype=torch.float64)
+    grid = torch.linspace(-4, 3, 71, dtype=torch.float64, device=errors.device)
     best = float(grid[loss(grid).argmin()])
-    fine = torch.linspace(best - 0.1, best + 0.1, 41, dtype=torch.float64)
+    fine = torch.linspace(best - 0.1, best + 0.1, 41, dtype=torch.float64, device=errors.device)
     return float(10.0 ** fine[loss(fine).argmin()])
 
 

@@ -105,7 +105,7 @@ def train(
         tensors, _ = read_safetensors(path / "model.safetensors")
         load_weights(model, tensors, source=str(path / "model.safetensors"))
         opt.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_rng"].to("cpu") if device.type == "cpu" else state["data_rng"])
+        data_gen.set_state(state["data_rng"])  # generator states are CPU byte tensors on every device
         shuffle_gen.set_state(state["shuffle_rng"])
         step = int(state["step"])
         temperature = float(state["temperature"])
