@@ -9,7 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test]"
-[[ "${1:-}" == "--dev" ]] && extras="[test,hf]"
 PY=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 pip=(.venv/bin/python -m pip -q --disable-pip-version-check)

@@ -98,3 +98,27 @@ def test_wandb_offline(tmp_path, monkeypatch):
     # two epochs of records, with the model's and the baselines' losses
     assert raw.count(b"baselines/context_validation_select") >= 2 and b"test_loss" in raw
     assert (run / "wandb_id.txt").read_text() in logs[0].name
+
+
+def test_bce_training_for_classification(tmp_path):
+    cfg = load_config("classification", ["data.train_samp_per_class=280", "data.N=16", "data.d_d=4",
+                                         "training.loss=bce", "training.epochs=2", "training.batch_size=32",
+                                         "eval.temperature_sequences=100", "model.n_embd=16"])
+    res = train(cfg, tmp_path / "run", progress=False)
+    from selectlens.rundir import load_run_model
+    from selectlens.tasks import make_generator, make_task
+
+    model, _ = load_run_model(tmp_path / "run")
+    assert model.spec.output == "sigmoid"
+    batch = make_task(cfg).sample(20, make_generator(9))
+    p = model.predict(batch.tokens)
+    assert ((p > 0) & (p < 1)).all()
+    # the logged test loss is the log loss of those probabilities, comparable with the baselines'
+    assert 0.1 < res.last["test_loss"] < 2.0 and "context_validation_select" in res.last["baselines"]
+
+
+def test_bce_needs_classification():
+    from selectlens.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bce"):
+        load_config("default", ["training.loss=bce"])

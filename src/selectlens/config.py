@@ -208,8 +208,10 @@ def _format_error(err: dict[str, Any]) -> str:
         return f"unknown config key {key}{hint}"
     msg = str(err.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ")
+    if not loc:  # a check across sections: the message names its keys
+        return f"config: {msg}"
     value = err.get("input")
-    shown = "" if isinstance(value, (dict, list)) and len(repr(value)) > 60 else f" (got {value!r})"
+    shown = "" if isinstance(value, dict) or (isinstance(value, list) and len(repr(value)) > 60) else f" (got {value!r})"
     return f"config key {key}: {msg}{shown}"
 
 
