@@ -191,21 +191,43 @@ def import_checkpoint(checkpoint, config, overrides, out, force) -> None:
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Training time limit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(config, overrides, out, force, max_minutes, quiet) -> None:
-    """The main job: train, then evaluate, into one run directory."""
+    """The main job: train → evaluate → interpret, into one run directory; prints where the report is."""
     from selectlens.train import train as run_training
 
     cfg = _config(config, overrides)
     run_dir = _default_run_dir(cfg, out)
-    click.echo(f"[1/2] training {cfg.data.task_name} ({cfg.training.epochs} epochs) into {run_dir}")
+    click.echo(f"[1/3] training {cfg.data.task_name} ({cfg.training.epochs} epochs) into {run_dir}")
     result = run_training(cfg, run_dir, force=force, max_minutes=max_minutes, progress=not quiet)
     _report_training(result)
-    click.echo(f"[2/2] evaluating on {cfg.eval.sequences:,} held-out sequences")
+    click.echo(f"[2/3] evaluating on {cfg.eval.sequences:,} held-out sequences")
     ev, paths = _run_eval(run_dir, None, None)
     m = ev["predictors"]["model"]
     cv = ev["predictors"]["context_validation_select"]
     click.echo(f"model MSE {m['mse']:.5f} [{m['ci_low']:.5f}, {m['ci_high']:.5f}]; context-validation select "
                f"{cv['mse']:.5f}; paired (cv − model) 95% CI [{cv['paired_diff_ci'][0]:+.5f}, {cv['paired_diff_ci'][1]:+.5f}]")
-    click.echo(f"results: {paths['md']}")
+    click.echo("[3/3] interpreting (attention, clusters, probes, logit lens, attribution, ablation, patching)")
+    from selectlens.interpret.report import interpret_run
+
+    report = interpret_run(run_dir, progress=not quiet)
+    click.echo(f"evaluation: {paths['md']}")
+    click.echo(f"report: {report['html']}")
+
+
+@cli.command()
+@click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Report directory (default: RUN/report).")
+@click.option("--sequences", type=click.IntRange(min=16), default=512, help="Held-out sequences analysed.")
+@click.option("--device", default=None, help="torch device (default: cpu).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def interpret(run, out, sequences, device, quiet) -> None:
+    """Every analysis on a run's model: PNGs, interpret.json and a self-contained report.html."""
+    from selectlens.interpret.report import interpret_run
+
+    if out is not None and out.exists() and not out.is_dir():
+        raise click.UsageError(f"--out exists and is not a directory: {out}")
+    dev = str(check_device(device or "cpu"))
+    paths = interpret_run(run, out, sequences=sequences, device=dev, progress=not quiet)
+    click.echo(f"wrote {len(paths)} files; report: {paths['html']}")
 
 
 @cli.group()

@@ -1,0 +1,296 @@
+"""``selectlens interpret``: every analysis on a run, as PNGs, one JSON of numbers, and a
+self-contained ``report.html`` (no network access, works from ``file://``).
+
+Every user-provided string (run name, notes, config values) is HTML-escaped;
+numbers go into the page as JSON inside a ``<script type="application/json">``
+block with ``<``, ``>`` and ``&`` escaped, so no value can close the tag.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from selectlens.evaluate.runner import eval_markdown, evaluate_model, heldout_batch, plot_training_curves
+from selectlens.interpret import circuits, plots
+from selectlens.interpret.attention import analyze_attention, attention_patterns, describe_analysis
+from selectlens.interpret.probes import run_probes
+from selectlens.rundir import atomic_write, load_run_model, read_jsonl
+from selectlens.tasks.generators import make_generator, make_task, stream_seed
+
+PATCH_STREAM = 202
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    return obj
+
+
+def interpret_run(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    sequences: int = 512,
+    samples_shown: int = 4,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, Path]:
+    """Run every analysis on a run's model and write the report; returns the written paths."""
+    run = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run / "report"
+    model, cfg = load_run_model(run, device=device)
+    task = make_task(cfg, device=device)
+    kind = task.loss
+    batch = heldout_batch(cfg, sequences, device)
+    dtype = next(model.parameters()).dtype
+    feature_names = [f"cand[{c:g}]" for c in task.candidates] + ["y"]
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"  interpret: {msg}", flush=True)
+
+    pngs: dict[str, bytes] = {}
+    numbers: dict[str, Any] = {"run": str(run), "sequences": sequences, "task": cfg.data.task_name}
+
+    say("training curves and evaluation")
+    metrics = read_jsonl(run / "metrics.jsonl")
+    eval_path = run / "eval.json"
+    if eval_path.exists():
+        ev = json.loads(eval_path.read_text())
+    else:
+        ev = evaluate_model(model, cfg, device=device)
+    numbers["eval"] = ev
+    if metrics:
+        tmp = out / ".curves.png"
+        plot_training_curves(metrics, tmp, eval_result=ev)
+        pngs["training_curves"] = tmp.read_bytes()
+        tmp.unlink()
+
+    say("attention")
+    pats = attention_patterns(model, batch.tokens[:samples_shown].to(dtype)).cpu().numpy()  # [L, S, H, T, T]
+    pngs["attention_grid"] = _png(plots.attention_grid(pats, 0))
+    numbers["attention_patterns_shown"] = pats
+
+    say("head ablation")
+    ablation = circuits.head_ablation(model, batch, kind)
+    numbers["ablation"] = ablation
+    pngs["ablation"] = _png(plots.effects_figure(
+        {"zero-ablation Δloss": ablation["zero_loss"], "mean-ablation Δloss": ablation["mean_loss"],
+         "mean-ablation |Δprediction|": ablation["mean_output"]}, xlabel="head"))
+
+    L, H = model.spec.n_layer, model.spec.n_head
+    top_l, top_h = np.unravel_index(int(np.argmax(ablation["mean_loss"])), (L, H))
+    say(f"attention clusters (layer {top_l}, head {top_h}: the largest mean-ablation effect)")
+    analysis = analyze_attention(model, batch.tokens.to(dtype), int(top_l), int(top_h), samples=64,
+                                 feature_names=feature_names, seed=cfg.seed)
+    pngs["attention_clusters"] = _png(plots.attention_analysis_figure(analysis, 0))
+    numbers["attention_analysis"] = {
+        "layer": analysis.layer, "head": analysis.head, "samples": analysis.samples,
+        "roles": {name: {k: v for k, v in vars(r).items() if k != "clusters"} | {"clusters": [vars(c) for c in r.clusters]}
+                  for name, r in analysis.roles.items()},
+    }
+    cluster_text = describe_analysis(analysis)
+
+    say("probes")
+    probes = run_probes(model, batch, kind, task.candidates, seed=cfg.seed)
+    numbers["probes"] = {p.name: {"metric": p.metric, "chance": p.chance, "scores": p.scores,
+                                  "best": float(p.scores.max()),
+                                  "best_at": [int(i) for i in np.unravel_index(int(np.argmax(p.scores)), p.scores.shape)],
+                                  "last_position_by_layer": p.scores[:, -1]} for p in probes}
+    pngs["probes"] = _png(plots.probe_figure(probes))
+
+    say("logit lens")
+    lens = circuits.logit_lens(model, batch, kind)
+    numbers["logit_lens_error"] = lens["error"]
+    pngs["logit_lens"] = _png(plots.logit_lens_figure(lens["error"], kind))
+
+    say("direct attribution")
+    attr = circuits.direct_attribution(model, batch.tokens.to(dtype))
+    numbers["attribution"] = {"components": attr.components, "mean": attr.values.mean(0),
+                              "mean_abs": np.abs(attr.values).mean(0),
+                              "max_reconstruction_error": float(np.abs(attr.values.sum(1) - attr.output).max())}
+    pngs["attribution"] = _png(plots.attribution_figure(attr.components, attr.values))
+
+    say("activation patching between sequences that differ only in alpha")
+    a_lo, a_hi = min(cfg.data.data_alphas), max(cfg.data.data_alphas)
+    if a_lo != a_hi:
+        clean, corrupt = circuits.paired_alpha_batches(task, min(sequences, 256), make_generator(stream_seed(cfg.seed, PATCH_STREAM), device), a_lo, a_hi)
+        patch = circuits.activation_patching(model, clean, corrupt, kind)
+        numbers["patching"] = {"alpha_clean": a_lo, "alpha_corrupt": a_hi, **patch}
+        pngs["patching"] = _png(plots.effects_figure(
+            {"resid_pre patched (effect, 1 = clean)": patch["resid_output"]}, xlabel="position")) 
+        pngs["patching_heads"] = _png(plots.effects_figure(
+            {"head z patched (effect)": patch["head_output"]}, xlabel="head"))
+
+    say("MLP neurons")
+    neurons = circuits.neuron_statistics(model, batch.tokens.to(dtype))
+    numbers["neurons"] = neurons
+    pngs["neurons"] = _png(plots.neuron_figure(neurons))
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name, data in pngs.items():
+        paths[name] = out / f"{name}.png"
+        atomic_write(paths[name], data)
+    paths["json"] = out / "interpret.json"
+    atomic_write(paths["json"], json.dumps(_jsonable(numbers)).encode())
+    cv_path = _circuitsvis(pats[:, 0], out, feature_names)
+    if cv_path is not None:
+        paths["circuitsvis"] = cv_path
+    paths["html"] = out / "report.html"
+    atomic_write(paths["html"], render_html(cfg, ev, pngs, numbers, cluster_text, cv_path).encode())
+    return paths
+
+
+def _circuitsvis(patterns: np.ndarray, out: Path, feature_names: list[str]) -> Path | None:
+    """circuitsvis attention view (its offline ``local_src``) per layer, when the extra is installed."""
+    try:
+        from circuitsvis.attention import attention_patterns as cv_patterns
+    except ImportError:
+        return None
+    T = patterns.shape[-1]
+    parts = []
+    for l in range(patterns.shape[0]):
+        view = cv_patterns(tokens=[f"t{i}" for i in range(T)], attention=patterns[l])
+        # circuitsvis opens with a self-closing <div .../>, which HTML does not honour: close it,
+        # or each view swallows the ones after it.
+        src = re.sub(r"^(\s*<div [^>]*?)\s*/>", r"\1></div>", view.local_src, count=1)
+        parts.append(f"<section><h2>layer {l}</h2>\n{src}</section>")
+    path = out / "attention_circuitsvis.html"
+    atomic_write(path, ("<!doctype html><meta charset='utf-8'><title>attention (circuitsvis)</title>\n" + "\n".join(parts)).encode())
+    return path
+
+
+def _img(pngs: dict[str, bytes], name: str, alt: str) -> str:
+    if name not in pngs:
+        return f"<p class='missing'>{html.escape(alt)}: not available</p>"
+    data = base64.b64encode(pngs[name]).decode()
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def _script_json(obj: Any) -> str:
+    text = json.dumps(_jsonable(obj))
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def render_html(cfg, ev: dict, pngs: dict[str, bytes], numbers: dict, cluster_text: str, cv_path: Path | None) -> str:
+    esc = html.escape
+    name = cfg.wandb.name or Path(cfg.out_dir).name
+    notes = cfg.wandb.notes or ""
+    config_rows = "".join(
+        f"<tr><td>{esc(section)}</td><td><code>{esc(json.dumps(value))}</code></td></tr>"
+        for section, value in cfg.to_dict().items()
+    )
+    eval_rows = []
+    for pname, e in ev["predictors"].items():
+        paired = "" if pname == "model" else f"{e['paired_diff']:+.5f} [{e['paired_diff_ci'][0]:+.5f}, {e['paired_diff_ci'][1]:+.5f}]"
+        eval_rows.append(f"<tr><td>{esc(pname)}{' (oracle)' if e.get('oracle') else ''}</td><td>{e['mse']:.5f}</td>"
+                         f"<td>[{e['ci_low']:.5f}, {e['ci_high']:.5f}]</td><td>{paired}</td></tr>")
+    probe_rows = "".join(
+        f"<tr><td>{esc(k)}</td><td>{v['metric']}</td><td>{v['best']:.3f}</td><td>layer {v['best_at'][0]}, position {v['best_at'][1]}</td>"
+        f"<td>{' / '.join(f'{x:.3f}' for x in v['last_position_by_layer'])}</td></tr>"
+        for k, v in numbers["probes"].items())
+    attr = numbers["attribution"]
+    attr_rows = "".join(f"<tr><td>{esc(c)}</td><td>{m:+.4f}</td><td>{a:.4f}</td></tr>"
+                        for c, m, a in zip(attr["components"], attr["mean"], attr["mean_abs"]))
+    abl = numbers["ablation"]
+    L, H = abl["mean_loss"].shape
+    abl_rows = "".join(f"<tr><td>L{l}H{h}</td><td>{abl['zero_loss'][l, h]:+.5f}</td><td>{abl['mean_loss'][l, h]:+.5f}</td>"
+                       f"<td>{abl['mean_output'][l, h]:.5f}</td></tr>" for l in range(L) for h in range(H))
+    patch_html = ""
+    if "patching" in numbers:
+        p = numbers["patching"]
+        patch_html = (f"<p>Clean α = {p['alpha_clean']:g}, corrupted α = {p['alpha_corrupt']:g} (same w, x and noise draws). "
+                      f"Loss: clean {float(p['clean_loss']):.5f}, corrupted {float(p['corrupt_loss']):.5f}.</p>"
+                      + _img(pngs, "patching", "residual patching") + _img(pngs, "patching_heads", "head patching"))
+    options = "".join(f"<option value='{l},{h}'>layer {l}, head {h}</option>" for l in range(L) for h in range(H))
+    S = numbers["attention_patterns_shown"].shape[1]
+    sample_opts = "".join(f"<option value='{s}'>sample {s}</option>" for s in range(S))
+    cv_link = f"<p><a href='{esc(cv_path.name)}'>circuitsvis attention view</a> (offline copy)</p>" if cv_path else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>SelectLens report: {esc(name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
+img {{ max-width: 100%; }} pre {{ background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }}
+section {{ margin-bottom: 2em; }} canvas {{ border: 1px solid #ccc; image-rendering: pixelated; }}
+</style></head><body>
+<h1>SelectLens report: <span id="run-name">{esc(name)}</span></h1>
+<p id="run-notes">{esc(notes)}</p>
+<p>{esc(cfg.data.task_name)} task; {numbers['sequences']} held-out sequences for the analyses.</p>
+<section id="training"><h2>Training</h2>{_img(pngs, 'training_curves', 'training curves')}</section>
+<section id="eval"><h2>Evaluation ({ev['sequences']} held-out sequences)</h2>
+<table><tr><th>predictor</th><th>MSE</th><th>95% CI</th><th>baseline − model (paired 95% CI)</th></tr>{''.join(eval_rows)}</table></section>
+<section id="attention"><h2>Attention</h2>
+<label>head <select id="head-select">{options}</select></label>
+<label>sample <select id="sample-select">{sample_opts}</select></label>
+<p id="attn-caption"></p><canvas id="attn-canvas" width="420" height="420"></canvas>
+{cv_link}
+{_img(pngs, 'attention_grid', 'attention grid')}</section>
+<section id="clusters"><h2>Attention clusters</h2><pre>{esc(cluster_text)}</pre>{_img(pngs, 'attention_clusters', 'cluster figure')}</section>
+<section id="probes"><h2>Linear probes</h2>
+<table><tr><th>probe</th><th>metric</th><th>best</th><th>where</th><th>last position, by layer</th></tr>{probe_rows}</table>
+{_img(pngs, 'probes', 'probes')}</section>
+<section id="lens"><h2>Logit lens</h2>{_img(pngs, 'logit_lens', 'logit lens')}</section>
+<section id="attribution"><h2>Direct attribution</h2>
+<p>Parts sum to the read-out (max reconstruction error {attr['max_reconstruction_error']:.2e}).</p>
+<table><tr><th>component</th><th>mean</th><th>mean |·|</th></tr>{attr_rows}</table>{_img(pngs, 'attribution', 'attribution')}</section>
+<section id="ablation"><h2>Head ablation and activation patching</h2>
+<table><tr><th>head</th><th>zero-ablation Δloss</th><th>mean-ablation Δloss</th><th>mean-ablation |Δprediction|</th></tr>{abl_rows}</table>
+{_img(pngs, 'ablation', 'ablation')}{patch_html}</section>
+<section id="neurons"><h2>MLP neurons</h2>{_img(pngs, 'neurons', 'neurons')}</section>
+<section id="config"><h2>Config</h2><table>{config_rows}</table></section>
+<script type="application/json" id="attn-data">{_script_json(numbers['attention_patterns_shown'])}</script>
+<script>
+(function () {{
+  const data = JSON.parse(document.getElementById("attn-data").textContent);  // [L][S][H][T][T]
+  const headSel = document.getElementById("head-select"), sampleSel = document.getElementById("sample-select");
+  const canvas = document.getElementById("attn-canvas"), ctx = canvas.getContext("2d");
+  function draw() {{
+    const [l, h] = headSel.value.split(",").map(Number), s = Number(sampleSel.value);
+    const m = data[l][s][h], T = m.length, cell = canvas.width / T;
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+    for (let q = 0; q < T; q++) for (let k = 0; k < T; k++) {{
+      const v = Math.max(0, Math.min(1, m[q][k]));
+      ctx.fillStyle = `rgb(${{Math.round(255 - 170 * v)}},${{Math.round(255 - 200 * v)}},${{Math.round(255 - 60 * v)}})`;
+      ctx.fillRect(k * cell, q * cell, Math.ceil(cell), Math.ceil(cell));
+    }}
+    const cap = document.getElementById("attn-caption");
+    cap.textContent = `layer ${{l}}, head ${{h}}, sample ${{s}} (rows: queries, columns: keys)`;
+    canvas.dataset.layer = l; canvas.dataset.head = h; canvas.dataset.sample = s;
+  }}
+  headSel.addEventListener("change", draw); sampleSel.addEventListener("change", draw); draw();
+}})();
+</script>
+</body></html>
+"""

@@ -1,0 +1,164 @@
+import numpy as np
+import pytest
+import torch
+
+from selectlens.config import load_config
+from selectlens.interpret import (
+    activation_patching, analyze_attention, attention_patterns, direct_attribution, flat_weights,
+    forward_from_weights, head_ablation, logit_lens, module_activations, nest, neuron_statistics,
+    paired_alpha_batches, query_roles, running_context_error, tl_weights,
+)
+from selectlens.interpret.probes import probe_scores, residual_streams
+from selectlens.model import ModelSpec, SelectionTransformer
+from selectlens.tasks import make_generator, make_task
+
+
+def _model(n_embd=48, n_head=3, seed=0):
+    torch.manual_seed(seed)
+    m = SelectionTransformer(ModelSpec(n_features=3, n_positions=21, n_embd=n_embd, n_head=n_head)).eval()
+    with torch.no_grad():  # make LayerNorms and biases non-trivial
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+def _batch(n=64, seed=0):
+    task = make_task(load_config("default"))
+    return task, task.sample(n, make_generator(seed))
+
+
+def test_tl_weights_shapes_use_real_d_head_and_rebuild_the_forward_pass():
+    m = _model(n_embd=48, n_head=3)  # d_head 16, not the notebook's hard-coded 32
+    W = tl_weights(m)
+    assert W["blocks.0.attn.W_Q"].shape == (3, 48, 16) and W["blocks.2.attn.b_K"].shape == (3, 16)
+    assert W["blocks.1.attn.W_O"].shape == (3, 16, 48) and W["blocks.1.mlp.W_in"].shape == (48, 192)
+    assert W["W_E"].shape == (3, 48) and W["W_pos"].shape == (21, 48) and W["W_U"].shape == (48, 1)
+    _, batch = _batch(16)
+    with torch.no_grad():
+        ours = m(batch.tokens).raw
+    assert (forward_from_weights(W, batch.tokens) - ours).abs().max() < 1e-5
+    flat = flat_weights(m)
+    assert "blocks.0.attn.qkv" in flat and "read_in" in flat and "ln_final" in flat
+
+
+def test_module_activations_flat_and_nested():
+    m = _model()
+    _, batch = _batch(4)
+    flat, nested = module_activations(m, batch.tokens)
+    assert torch.equal(nested["blocks"]["1"]["mlp"]["val"], flat["blocks.1.mlp"])
+    assert nest({"a.b": 1, "a.c": 2}) == {"a": {"b": {"val": 1}, "c": {"val": 2}}}
+    assert all(len(mod._forward_hooks) == 0 for mod in m.modules())
+
+
+def test_attention_patterns_and_roles():
+    m = _model()
+    _, batch = _batch(5)
+    p = attention_patterns(m, batch.tokens)
+    assert p.shape == (3, 5, 3, 21, 21)
+    assert torch.allclose(p.sum(-1), torch.ones(3, 5, 3, 21), atol=1e-5)
+    assert list(query_roles("selection", 21)) == ["query"]
+    r = query_roles("interleaved", 6)
+    assert r["x"].tolist() == [0, 2, 4] and r["y"].tolist() == [1, 3, 5]
+    with pytest.raises(ValueError):
+        query_roles("nonsense", 4)
+
+
+def test_analyze_attention_recovers_a_planted_split():
+    # Zero the queries and keys of layer 0: every row attends uniformly to its prefix, so rows
+    # differ only by position -> the clusters are position bands and the SVM (which sees the
+    # position) separates them.
+    m = _model()
+    with torch.no_grad():
+        m.blocks[0].attn.qkv.weight[: 2 * 48] = 0
+        m.blocks[0].attn.qkv.bias[: 2 * 48] = 0
+    _, batch = _batch(40)
+    a = analyze_attention(m, batch.tokens, 0, 1, samples=40, feature_names=["c0", "c1", "y"])
+    role = a.roles["query"]
+    assert 2 <= role.k <= 9 and role.k in role.silhouette_by_k
+    assert role.svm_heldout_accuracy > 0.9
+    members = [r for c in role.clusters for r in c.members]
+    assert sorted(members) == sorted(role.rows) and len(members) == 40 * 21
+    # each cluster is a contiguous band of positions, identical across samples
+    for c in role.clusters:
+        pos = sorted({p for _, p in c.members})
+        assert pos == list(range(pos[0], pos[-1] + 1))
+    from selectlens.interpret import describe_analysis
+    from selectlens.interpret.plots import attention_analysis_figure
+
+    assert "LinearSVC held-out accuracy" in describe_analysis(a)
+    assert attention_analysis_figure(a, 0) is not None
+
+
+def test_running_context_error_by_hand():
+    _, batch = _batch(3)
+    err = running_context_error(batch, "mse")  # [B, T, K]
+    sq = (batch.tokens[0, :, 0] - batch.tokens[0, :, -1]) ** 2
+    assert torch.allclose(err[0, 4, 0], sq[:5].mean())
+    assert torch.allclose(err[0, -1, 0], sq[:-1].mean())  # the masked last label is excluded
+
+
+def test_probe_scores_recover_a_linear_target_and_not_noise():
+    g = np.random.default_rng(0)
+    resid = torch.tensor(g.normal(size=(2, 400, 3, 8)))
+    w = g.normal(size=8)
+    y = resid[1, :, :, :].numpy() @ w  # [B, T], linear in layer 1 only
+    s = probe_scores(resid, y, "regression")
+    assert (s[1] > 0.99).all() and (s[0] < 0.2).all()
+
+
+def test_logit_lens_final_layer_is_the_model_output():
+    m = _model()
+    _, batch = _batch(8)
+    lens = logit_lens(m, batch, "mse")
+    with torch.no_grad():
+        raw = m(batch.tokens).raw
+    assert np.allclose(lens["prediction"][-1], raw.numpy(), atol=1e-5)
+    assert lens["error"].shape == (4, 21)
+
+
+def test_direct_attribution_adds_up():
+    m = _model()
+    _, batch = _batch(32)
+    attr = direct_attribution(m, batch.tokens)
+    assert len(attr.components) == 2 + 3 * (3 + 2) + 1
+    assert np.abs(attr.values.sum(1) - attr.output).max() < 1e-4
+    with torch.no_grad():
+        assert np.allclose(attr.output, m(batch.tokens).raw[:, -1].numpy(), atol=1e-5)
+
+
+def test_ablating_a_silent_head_changes_nothing():
+    m = _model()
+    with torch.no_grad():
+        m.blocks[1].attn.out.weight[:, 16:32] = 0  # head 1 of layer 1 writes nothing
+    _, batch = _batch(32)
+    res = head_ablation(m, batch, "mse")
+    assert res["zero_output"][1, 1] < 1e-6 and res["mean_output"][1, 1] < 1e-6
+    assert res["zero_output"].max() > 1e-4
+
+
+def test_patching_one_differing_position_restores_the_clean_output():
+    m = _model()
+    _, clean = _batch(16)
+    corrupt = clean[:]
+    corrupt.tokens = clean.tokens.clone()
+    corrupt.tokens[:, 3] += 1.0  # the runs differ at position 3 only
+    res = activation_patching(m, clean, corrupt, "mse")
+    assert res["resid_output"][0, 3] == pytest.approx(1.0, abs=1e-4)
+    assert np.abs(np.delete(res["resid_output"][0], 3)).max() < 1e-4
+
+
+def test_paired_alpha_batches_differ_only_in_alpha():
+    task, _ = _batch(1)
+    a, b = paired_alpha_batches(task, 20, make_generator(0), 0.1, 0.8)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.w, b.w)
+    clean = (a.x_train @ a.w.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose((b.y_train - clean), 8 * (a.y_train - clean), atol=1e-5)
+    assert torch.all(a.alpha == 0.1) and torch.all(b.alpha == 0.8)
+
+
+def test_neuron_statistics():
+    m = _model()
+    _, batch = _batch(8)
+    stats = neuron_statistics(m, batch.tokens)
+    assert len(stats) == 3 and stats[0]["frac_active"].shape == (192,)
+    assert ((stats[0]["frac_active"] >= 0) & (stats[0]["frac_active"] <= 1)).all()
