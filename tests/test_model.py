@@ -4,9 +4,9 @@ import torch
 from selectlens.model import ModelSpec, SelectionTransformer, capture_module_outputs
 
 SPEC = ModelSpec(n_features=3, n_positions=21)
-EXPECTED_HOOKS = ["hook_embed", "hook_pos_embed", "ln_final.hook_normalized"] + [
+EXPECTED_HOOKS = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_normalized"] + [
     f"blocks.{l}.{h}" for l in range(3) for h in (
-        "hook_resid_pre", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+        "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "ln2.hook_scale", "attn.hook_q", "attn.hook_k", "attn.hook_v",
         "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
         "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
     )
@@ -63,6 +63,10 @@ def test_hook_names_and_cache_shapes():
     r = cache["blocks.1.hook_resid_post"]
     assert torch.allclose(r, cache["blocks.1.hook_resid_mid"] + cache["blocks.1.hook_mlp_out"])
     assert torch.allclose(cache["blocks.0.hook_resid_pre"], cache["hook_embed"] + cache["hook_pos_embed"])
+    # TransformerLens semantics: normalized is (x - mean) / scale, before the affine map
+    x = cache["blocks.1.hook_resid_pre"]
+    assert torch.allclose(cache["blocks.1.ln1.hook_normalized"], torch.nn.functional.layer_norm(x, (64,)), atol=1e-5)
+    assert torch.allclose(cache["blocks.1.ln1.hook_scale"].squeeze(-1), (x.var(-1, unbiased=False) + 1e-5).sqrt())
     _, some = m.run_with_cache(X, names_filter=lambda n: n.endswith("hook_pattern"))
     assert set(some) == {f"blocks.{l}.attn.hook_pattern" for l in range(3)}
     assert torch.allclose(out.prediction, m.predict(X), atol=1e-6)

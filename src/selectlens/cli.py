@@ -230,6 +230,25 @@ def interpret(run, out, sequences, device, quiet) -> None:
     click.echo(f"wrote {len(paths)} files; report: {paths['html']}")
 
 
+@cli.command("export-tl")
+@click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="New folder for the Hugging Face export.")
+@click.option("--force", is_flag=True, help="Write into an existing non-empty folder.")
+def export_tl(run, out, force) -> None:
+    """Export a run as a local GPT-2 folder for TransformerBridge.boot_transformers (offline)."""
+    from selectlens.interpret.tl_export import export_for_transformer_lens
+    from selectlens.rundir import load_run_model
+
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        raise click.UsageError(f"--out exists: {out} (use --force to write into it)")
+    model, _ = load_run_model(run)
+    try:
+        folder = export_for_transformer_lens(model, out)
+    except ImportError:
+        raise click.UsageError("export-tl needs transformers: pip install 'selectlens[hf]'") from None
+    click.echo(f"exported to {folder}; TransformerBridge.boot_transformers('{folder}') boots it offline")
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks against reference implementations, measured in the same run."""

@@ -52,17 +52,24 @@ class ModelSpec:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with ``hook_normalized`` (after the affine map, as in TransformerLens)."""
+    """LayerNorm with TransformerLens's hooks: ``hook_scale`` (the standard deviation) and
+    ``hook_normalized`` (``(x − mean) / scale``, before the affine map). When neither is
+    hooked, the fused kernel computes the same thing."""
 
     def __init__(self, d: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
         self.bias = nn.Parameter(torch.zeros(d))
         self.eps = eps
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.hook_normalized(F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps))
+        if not (self.hook_scale._forward_hooks or self.hook_normalized._forward_hooks):
+            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        x = x - x.mean(dim=-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale) * self.weight + self.bias
 
 
 class Attention(nn.Module):
