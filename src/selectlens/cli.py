@@ -15,6 +15,7 @@ import click
 
 from selectlens.config import Config, check_device, load_config
 from selectlens.errors import SelectLensError
+from selectlens.rundir import check_new_run_dir
 
 CONFIG_HELP = "Config file, or a preset name (default, model_selection, classification). Default: default."
 SET_HELP = "Override a config value, e.g. --set training.lr=1e-3 (repeatable)."
@@ -86,6 +87,8 @@ def train(config, overrides, out, resume, force, max_minutes, seed, device, quie
     run = _default_run_dir(cfg, out)
     if resume and (config or overrides or seed is not None or device is not None):
         raise click.UsageError("--resume continues a run with its own config.json; drop --config/--set/--seed/--device")
+    if not resume:
+        check_new_run_dir(run, force=force)
     result = run_training(cfg, run, resume=resume, force=force, max_minutes=max_minutes, progress=not quiet)
     _report_training(result)
 
@@ -177,6 +180,7 @@ def import_checkpoint(checkpoint, config, overrides, out, force) -> None:
     from selectlens.rundir import prepare_run_dir
 
     cfg = _config(config, overrides)
+    check_new_run_dir(out, force=force)
     model = import_legacy_state_dict(checkpoint, ModelSpec.from_config(cfg))  # validate before touching --out
     prepare_run_dir(out, cfg, force=force)
     save_model(model, out / "model.safetensors", {"imported_from": str(checkpoint)})
@@ -196,6 +200,7 @@ def run(config, overrides, out, force, max_minutes, quiet) -> None:
 
     cfg = _config(config, overrides)
     run_dir = _default_run_dir(cfg, out)
+    check_new_run_dir(run_dir, force=force)
     click.echo(f"[1/3] training {cfg.data.task_name} ({cfg.training.epochs} epochs) into {run_dir}")
     result = run_training(cfg, run_dir, force=force, max_minutes=max_minutes, progress=not quiet)
     _report_training(result)
@@ -241,6 +246,7 @@ def export_tl(run, out, force) -> None:
 
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
         raise click.UsageError(f"--out exists: {out} (use --force to write into it)")
+    check_new_run_dir(out, force=True)
     model, _ = load_run_model(run)
     try:
         folder = export_for_transformer_lens(model, out)
@@ -308,6 +314,15 @@ def bench_train(config, overrides, device, reference_sequences, as_json) -> None
     click.echo(f"  ratio      : {result['ratio']:>10,.1f}x")
 
 
+def _one_line(message: str) -> str:
+    """Control characters from user input (a path with a newline, say) are shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(message))
+
+
+def _error(message: str) -> None:
+    click.echo(f"error: {_one_line(message)}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every expected failure into one line and an exit code."""
     try:
@@ -315,16 +330,21 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as e:
         return int(e.exit_code or 0)
     except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
+        _error("aborted")
         return 130
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message().splitlines()[0] if e.format_message() else e}", err=True)
+        message = e.format_message()
+        _error(message.splitlines()[0] if message else str(e))
         return e.exit_code
     except SelectLensError as e:
-        click.echo(f"error: {e}", err=True)
+        _error(str(e))
         return e.exit_code
+    except OSError as e:  # an unreadable or unwritable path the checks could not foresee
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        _error(f"{e.strerror or e.__class__.__name__}{where}")
+        return 2
     except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
+        _error("interrupted")
         return 130
     return 0
 

@@ -63,20 +63,45 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def prepare_run_dir(run_dir: Path, config: Config, *, force: bool = False) -> None:
-    """Create a fresh run directory; refuse an existing non-empty one unless ``force``."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"run path exists and is not a directory: {run_dir}")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not force:
-            raise RunDirError(f"run directory exists: {run_dir} (use --resume to continue it or --force to replace it)")
-        shutil.rmtree(run_dir)
+    """Create a fresh run directory holding the config; refuse an existing non-empty one unless ``force``.
+
+    The directory is assembled under a temporary name and renamed into place,
+    so a run directory always has its ``config.json``, even after a kill.
+    """
+    run_dir = Path(run_dir)
+    check_new_run_dir(run_dir, force=force)
+    parent = run_dir.parent
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".new", dir=parent))
     except OSError as e:
         raise RunDirError(f"cannot create run directory {run_dir}: {e.strerror}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise RunDirError(f"run directory is not writable: {run_dir}")
-    write_config(run_dir, config)
+    try:
+        write_config(tmp, config)
+        if run_dir.exists():  # empty, or being replaced with --force
+            old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".old", dir=parent))
+            os.rename(run_dir, old / "run")
+            os.rename(tmp, run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, run_dir)
+        _fsync_dir(parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunDirError(f"cannot create run directory {run_dir}: {e.strerror}") from None
+
+
+def check_new_run_dir(run_dir: Path, *, force: bool = False) -> None:
+    """Refuse, without touching anything, a run path that is a file, a non-empty directory (unless
+    ``force``), or a location where nothing can be written."""
+    from selectlens.tasks.io import probe_writable
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run path exists and is not a directory: {run_dir}")
+    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise RunDirError(f"run directory exists: {run_dir} (use --resume to continue it or --force to replace it)")
+    probe_writable(run_dir.parent, RunDirError)
 
 
 def write_config(run_dir: Path, config: Config) -> None:
@@ -124,7 +149,10 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, state: di
         weights = model_bytes(model, {"epoch": str(epoch)})
         for name, data in (("model.safetensors", weights), ("state.pt", _torch_bytes(state))):
             with open(tmp / name, "wb") as f:
-                f.write(data)
+                half = len(data) // 2
+                f.write(data[:half])
+                _fault_delay()  # testing hook: widen the window in which a kill tears the write
+                f.write(data[half:])
                 f.flush()
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -141,6 +169,15 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, state: di
     for stale in root.glob(".epoch_*"):  # temp dirs left by a killed writer
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _fault_delay() -> None:
+    """Sleep ``SELECTLENS_FAULT_DELAY_S`` seconds mid-write; only the crash-safety tests set it."""
+    delay = os.environ.get("SELECTLENS_FAULT_DELAY_S")
+    if delay:
+        import time
+
+        time.sleep(float(delay))
 
 
 def _torch_bytes(obj: Any) -> bytes:

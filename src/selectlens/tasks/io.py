@@ -27,15 +27,25 @@ def check_writable(path: str | Path, *, force: bool = False) -> Path:
         raise DataFileError(f"output path is a directory: {p}")
     if p.exists() and not force:
         raise DataFileError(f"output file exists: {p} (use --force to overwrite)")
-    parent = p.parent if str(p.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise DataFileError(f"output parent is not a directory: {parent}")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise DataFileError(f"output directory is not writable: {probe}")
+    probe_writable(p.parent if str(p.parent) else Path("."), DataFileError)
     return p
+
+
+def probe_writable(directory: Path, error: type[Exception] = DataFileError) -> None:
+    """Raise ``error`` unless a file can be created in ``directory`` (or the nearest existing ancestor
+    it would be created under). Tries for real: ``os.access`` says yes to root even on read-only mounts."""
+    probe = Path(directory)
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise error(f"output location is not a directory: {probe}")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise error(f"output directory is not writable: {probe} ({e.strerror})") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
