@@ -149,7 +149,8 @@ def predict(run, data_file, out, force, device) -> None:
     from safetensors.torch import save
 
     from selectlens.evaluate.runner import model_predictions
-    from selectlens.rundir import atomic_write, load_run_model
+    from selectlens.fileio import atomic_write
+    from selectlens.rundir import load_run_model
     from selectlens.tasks import load_task_batch
     from selectlens.tasks.io import DataFileError, check_writable
 

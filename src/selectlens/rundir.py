@@ -25,6 +25,7 @@ import torch
 
 from selectlens.config import Config, ConfigError, config_from_dict
 from selectlens.errors import InputError
+from selectlens.fileio import atomic_write, fsync_dir, probe_writable
 from selectlens.model.checkpoint import CheckpointError, model_bytes, read_torch_file
 
 _CKPT = re.compile(r"^epoch_(\d{6})$")
@@ -33,33 +34,6 @@ KEEP_CHECKPOINTS = 2
 
 class RunDirError(InputError):
     """A run directory that cannot be created, resumed or read."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temporary file beside ``path``, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def prepare_run_dir(run_dir: Path, config: Config, *, force: bool = False) -> None:
@@ -85,7 +59,7 @@ def prepare_run_dir(run_dir: Path, config: Config, *, force: bool = False) -> No
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, run_dir)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RunDirError(f"cannot create run directory {run_dir}: {e.strerror}") from None
@@ -94,8 +68,6 @@ def prepare_run_dir(run_dir: Path, config: Config, *, force: bool = False) -> No
 def check_new_run_dir(run_dir: Path, *, force: bool = False) -> None:
     """Refuse, without touching anything, a run path that is a file, a non-empty directory (unless
     ``force``), or a location where nothing can be written."""
-    from selectlens.tasks.io import probe_writable
-
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"run path exists and is not a directory: {run_dir}")
@@ -155,11 +127,11 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, state: di
                 f.write(data[half:])
                 f.flush()
                 os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

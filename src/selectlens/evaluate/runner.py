@@ -18,7 +18,7 @@ from selectlens.baselines import fit_softmax_temperature, make_baselines, pointw
 from selectlens.config import Config, check_device
 from selectlens.evaluate.metrics import mean_ci, paired_diff_ci
 from selectlens.model.gpt2 import SelectionTransformer
-from selectlens.rundir import atomic_write
+from selectlens.fileio import atomic_write
 from selectlens.tasks.generators import EVAL_STREAM, TEMPERATURE_STREAM, TaskBatch, make_generator, make_task, stream_seed
 
 

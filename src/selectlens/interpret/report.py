@@ -23,7 +23,8 @@ from selectlens.evaluate.runner import eval_markdown, evaluate_model, heldout_ba
 from selectlens.interpret import circuits, plots
 from selectlens.interpret.attention import analyze_attention, attention_patterns, describe_analysis
 from selectlens.interpret.probes import run_probes
-from selectlens.rundir import atomic_write, load_run_model, read_jsonl
+from selectlens.fileio import atomic_write
+from selectlens.rundir import load_run_model, read_jsonl
 from selectlens.tasks.generators import make_generator, make_task, stream_seed
 
 PATCH_STREAM = 202

@@ -8,16 +8,16 @@ is one :class:`CheckpointError` line naming the file or tensor.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from selectlens.errors import InputError
+from selectlens.fileio import atomic_write, parse_safetensors, read_input_file
 from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 
 MODEL_FORMAT = "selectlens-model-1"
@@ -25,20 +25,6 @@ MODEL_FORMAT = "selectlens-model-1"
 
 class CheckpointError(InputError):
     """A checkpoint that cannot be read, in one line."""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_bytes(model: SelectionTransformer, extra_metadata: dict[str, str] | None = None) -> bytes:
@@ -53,30 +39,13 @@ def model_bytes(model: SelectionTransformer, extra_metadata: dict[str, str] | No
 def save_model(model: SelectionTransformer, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` to ``path`` (a ``.safetensors`` file) atomically."""
     p = Path(path)
-    _atomic_write(p, model_bytes(model, extra_metadata))
+    atomic_write(p, model_bytes(model, extra_metadata))
     return p
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file, or a one-line :class:`CheckpointError`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}")
-    if p.is_dir():
-        raise CheckpointError(f"checkpoint path is a directory: {p}")
-    raw = p.read_bytes()
-    if not raw:
-        raise CheckpointError(f"checkpoint file is empty: {p}")
-    try:
-        tensors = load(raw)
-        n = int.from_bytes(raw[:8], "little")
-        meta = json.loads(raw[8 : 8 + n]).get("__metadata__", {}) or {}
-    except (SafetensorError, ValueError, RuntimeError, json.JSONDecodeError, OverflowError) as e:
-        raise CheckpointError(f"{p} is not a valid safetensors file ({str(e).splitlines()[0][:80]})") from None
-    return tensors, meta
+    return parse_safetensors(read_input_file(path, CheckpointError, "checkpoint"), path, CheckpointError)
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", spec: ModelSpec | None = None) -> SelectionTransformer:
@@ -154,14 +123,9 @@ def _legacy_names(n_layer: int) -> dict[str, tuple[str, bool]]:
 def read_torch_file(path: str | Path) -> object:
     """``torch.load(weights_only=True)`` with one-line errors; never runs pickled code."""
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}")
-    if p.is_dir():
-        raise CheckpointError(f"checkpoint path is a directory: {p}")
-    if p.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint file is empty: {p}")
+    raw = read_input_file(p, CheckpointError, "checkpoint")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" in msg or "Unsupported" in msg or "global" in msg.lower():

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-
-import torch
 
 from selectlens.config import Config, ConfigError, config_from_dict
 from selectlens.errors import InputError
+from selectlens.fileio import atomic_write, parse_safetensors, probe_writable, read_input_file
 from selectlens.tasks.generators import TaskBatch
 
 DATA_TENSORS = ("tokens", "target", "alpha", "x_train", "y_train", "x_test", "y_test", "w")
@@ -31,38 +28,6 @@ def check_writable(path: str | Path, *, force: bool = False) -> Path:
     return p
 
 
-def probe_writable(directory: Path, error: type[Exception] = DataFileError) -> None:
-    """Raise ``error`` unless a file can be created in ``directory`` (or the nearest existing ancestor
-    it would be created under). Tries for real: ``os.access`` says yes to root even on read-only mounts."""
-    probe = Path(directory)
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise error(f"output location is not a directory: {probe}")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as e:
-        raise error(f"output directory is not writable: {probe} ({e.strerror})") from None
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_task_batch(path: str | Path, batch: TaskBatch, config: Config, *, force: bool = False) -> Path:
     """Write ``batch``'s tensors (exactly :data:`DATA_TENSORS`) and ``config`` to ``path``."""
     from safetensors.torch import save
@@ -70,31 +35,14 @@ def save_task_batch(path: str | Path, batch: TaskBatch, config: Config, *, force
     p = check_writable(path, force=force)
     tensors = {k: v.detach().cpu().contiguous() for k, v in batch.as_dict().items()}
     meta = {"config": json.dumps(config.to_dict()), "format": "selectlens-data-1"}
-    atomic_write_bytes(p, save(tensors, metadata=meta))
+    atomic_write(p, save(tensors, metadata=meta))
     return p
 
 
 def load_task_batch(path: str | Path) -> tuple[TaskBatch, Config]:
     """Read a file written by :func:`save_task_batch`; every problem is one :class:`DataFileError` line."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     p = Path(path)
-    if not p.exists():
-        raise DataFileError(f"data file not found: {p}")
-    if p.is_dir():
-        raise DataFileError(f"data path is a directory: {p}")
-    raw = p.read_bytes()
-    if not raw:
-        raise DataFileError(f"data file is empty: {p}")
-    try:
-        tensors = load(raw)
-        import safetensors
-
-        with safetensors.safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
-        raise DataFileError(f"data file {p} is not a valid safetensors file ({str(e).splitlines()[0][:80]})") from None
+    tensors, meta = parse_safetensors(read_input_file(p, DataFileError, "data file"), p, DataFileError)
     missing = [k for k in DATA_TENSORS if k not in tensors]
     if missing:
         raise DataFileError(f"data file {p} lacks tensor {missing[0]!r}")
