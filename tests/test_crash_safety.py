@@ -32,10 +32,23 @@ def _start(run, env):
     return subprocess.Popen(_args(run, *_settings()), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _wait_for_run(run, proc):
+    """Until the run directory (with its config) exists: the run exists from here on."""
+    deadline = time.monotonic() + 60
+    while not (run / "config.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     ref = tmp_path / "reference"
-    assert subprocess.run(_args(ref, *_settings()), env=env, capture_output=True).returncode == 0
+    proc = _start(ref, env)
+    _wait_for_run(ref, proc)
+    t0 = time.monotonic()
+    assert proc.wait() == 0, proc.stderr.read().decode()
+    window = time.monotonic() - t0  # how long a run lives once its directory exists: kills land inside it
     ref_weights = load_file(ref / "model.safetensors")
     ref_metrics = (ref / "metrics.jsonl").read_text()
 
@@ -46,11 +59,8 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
         in_write = trial % 3 == 0
         trial_env = dict(env, SELECTLENS_FAULT_DELAY_S="0.3") if in_write else env
         proc = _start(run, trial_env)
+        _wait_for_run(run, proc)
         deadline = time.monotonic() + 60
-        while not (run / "config.json").exists():  # the run exists from here on
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
         if in_write:  # wait for a checkpoint write to be under way, then kill inside it
             while not list((run / "checkpoints").glob(".epoch_*")) if (run / "checkpoints").exists() else True:
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -58,7 +68,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.25))
         else:
-            time.sleep(rng.uniform(0.0, 2.5))
+            time.sleep(rng.uniform(0.0, 0.7 * window))
         killed = proc.poll() is None
         if killed:
             proc.send_signal(signal.SIGKILL)

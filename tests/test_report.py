@@ -21,7 +21,7 @@ def test_run_command_produces_every_artifact(tiny_run):
         assert (run / name).exists(), name
     report = run / "report"
     for name in ("attention_grid", "attention_clusters", "probes", "logit_lens", "attribution", "ablation",
-                 "patching", "patching_heads", "neurons", "training_curves"):
+                 "patching", "patching_heads", "neurons", "training_curves", "attention_L0H0", "attention_L2H1"):
         assert (report / f"{name}.png").stat().st_size > 2000, name
     numbers = json.loads((report / "interpret.json").read_text())
     assert {"alpha", "context_error[0.1]", "context_error[0.8]", "target"} == set(numbers["probes"])

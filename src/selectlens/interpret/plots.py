@@ -15,6 +15,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from selectlens.interpret.attention import AttentionAnalysis  # noqa: E402
 
 
+def _integer_ticks(ax, shape: tuple[int, ...]) -> None:
+    """Label rows and columns of a small heatmap with their integer indices."""
+    rows, cols = shape[0], shape[1]
+    ax.set_yticks(range(rows))
+    ax.set_xticks(range(0, cols, max(1, cols // 10)))
+
+
 def attention_heatmap(pattern: np.ndarray, title: str = "") -> Figure:
     """One ``[T, T]`` pattern (queries down, keys across)."""
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
@@ -91,6 +98,7 @@ def probe_figure(results: Sequence) -> Figure:
     for ax, r in zip(axes[0], results):
         lo = 0.0 if r.metric == "r2" else min(r.chance, float(r.scores.min()))
         im = ax.imshow(r.scores, aspect="auto", vmin=lo, vmax=1, cmap="viridis")
+        _integer_ticks(ax, r.scores.shape)
         ax.set_title(f"{r.name} ({r.metric})", fontsize=8)
         ax.set_xlabel("position")
         ax.set_ylabel("layer (resid_pre; last = final)")
@@ -102,6 +110,7 @@ def probe_figure(results: Sequence) -> Figure:
 def logit_lens_figure(error: np.ndarray, kind: str) -> Figure:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     im = ax.imshow(np.log10(error + 1e-12), aspect="auto", cmap="magma_r")
+    _integer_ticks(ax, error.shape)
     ax.set_xlabel("position")
     ax.set_ylabel("layer (resid_pre; last = final)")
     ax.set_title(f"logit lens: log10 mean {kind} against each position's label", fontsize=9)
@@ -131,6 +140,7 @@ def effects_figure(panels: dict[str, np.ndarray], xlabel: str, ylabel: str = "la
     for ax, (title, m) in zip(axes[0], panels.items()):
         v = float(np.abs(m).max()) or 1.0
         im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-v, vmax=v)
+        _integer_ticks(ax, m.shape)
         ax.set_title(title, fontsize=8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

@@ -97,6 +97,9 @@ def interpret_run(
     say("attention")
     pats = attention_patterns(model, batch.tokens[:samples_shown].to(dtype)).cpu().numpy()  # [L, S, H, T, T]
     pngs["attention_grid"] = _png(plots.attention_grid(pats, 0))
+    for l in range(pats.shape[0]):
+        for h in range(pats.shape[2]):
+            pngs[f"attention_L{l}H{h}"] = _png(plots.attention_heatmap(pats[l, 0, h], f"layer {l}, head {h}, sample 0"))
     numbers["attention_patterns_shown"] = pats
 
     say("head ablation")
