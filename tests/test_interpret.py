@@ -8,7 +8,7 @@ from selectlens.interpret import (
     forward_from_weights, head_ablation, logit_lens, module_activations, nest, neuron_statistics,
     paired_alpha_batches, query_roles, running_context_error, tl_weights,
 )
-from selectlens.interpret.probes import probe_scores, residual_streams
+from selectlens.interpret.probes import probe_scores
 from selectlens.model import ModelSpec, SelectionTransformer
 from selectlens.tasks import make_generator, make_task
 

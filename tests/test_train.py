@@ -1,4 +1,3 @@
-import json
 
 import pytest
 import torch
@@ -6,7 +5,7 @@ from safetensors.torch import load_file
 
 from selectlens.config import load_config
 from selectlens.rundir import checkpoint_dirs, read_jsonl
-from selectlens.train import TrainingError, train
+from selectlens.train import train
 
 TINY = ["data.train_samp_per_class=300", "training.batch_size=32", "training.save_every_epochs=2",
         "eval.temperature_sequences=200", "model.n_embd=16", "model.n_layer=2"]

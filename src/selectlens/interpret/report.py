@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from selectlens.evaluate.runner import eval_markdown, evaluate_model, heldout_batch, plot_training_curves
+from selectlens.evaluate.runner import evaluate_model, heldout_batch, plot_training_curves
 from selectlens.interpret import circuits, plots
 from selectlens.interpret.attention import analyze_attention, attention_patterns, describe_analysis
 from selectlens.interpret.probes import run_probes
