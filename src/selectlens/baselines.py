@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from selectlens.tasks.generators import Task, TaskBatch
+from selectlens.tasks.generators import TEMPERATURE_STREAM, Task, TaskBatch, make_generator, stream_seed
 
 Predictor = Callable[[TaskBatch], Tensor]
 _EPS = 1e-7
@@ -119,6 +119,13 @@ def fit_softmax_temperature(batch: TaskBatch, kind: str) -> float:
     best = float(grid[loss(grid).argmin()])
     fine = torch.linspace(best - 0.1, best + 0.1, 41, dtype=torch.float64, device=errors.device)
     return float(10.0 ** fine[loss(fine).argmin()])
+
+
+def training_temperature(task: Task, seed: int, sequences: int) -> float:
+    """The context-softmax temperature for a run seeded ``seed``: fitted on ``sequences`` training-distribution
+    sequences from their own seed stream, so the trainer and the evaluator get the same value."""
+    batch = task.sample(sequences, make_generator(stream_seed(seed, TEMPERATURE_STREAM), task.device))
+    return fit_softmax_temperature(batch, task.loss)
 
 
 def make_baselines(task: Task, temperature: float) -> dict[str, Predictor]:

@@ -148,7 +148,6 @@ def predict(run, data_file, out, force, device) -> None:
     """Apply a run's model to a data file."""
     from safetensors.torch import save
 
-    from selectlens.evaluate.runner import model_predictions
     from selectlens.fileio import atomic_write
     from selectlens.rundir import load_run_model
     from selectlens.tasks import load_task_batch
@@ -164,7 +163,7 @@ def predict(run, data_file, out, force, device) -> None:
             f"(needs width {model.spec.n_features}, length <= {model.spec.n_positions})"
         )
     dtype = next(model.parameters()).dtype
-    pred = model_predictions(model, batch.tokens.to(dev, dtype)).cpu()
+    pred = model.predict_in_chunks(batch.tokens.to(dev, dtype)).cpu()
     atomic_write(out, save({"prediction": pred.contiguous()}, metadata={"run": str(run), "data": str(data_file)}))
     click.echo(f"wrote {pred.shape[0]} predictions to {out}")
 

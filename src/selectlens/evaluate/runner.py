@@ -14,23 +14,17 @@ from typing import Any
 
 import torch
 
-from selectlens.baselines import fit_softmax_temperature, make_baselines, pointwise_loss
+from selectlens.baselines import make_baselines, pointwise_loss, training_temperature
 from selectlens.config import Config, check_device
 from selectlens.evaluate.metrics import mean_ci, paired_diff_ci
 from selectlens.model.gpt2 import SelectionTransformer
 from selectlens.fileio import atomic_write
-from selectlens.tasks.generators import EVAL_STREAM, TEMPERATURE_STREAM, TaskBatch, make_generator, make_task, stream_seed
+from selectlens.tasks.generators import EVAL_STREAM, TaskBatch, make_generator, make_task, stream_seed
 
 
 def heldout_batch(config: Config, sequences: int, device: torch.device | str = "cpu") -> TaskBatch:
     """The fixed held-out set for ``config.seed``."""
     return make_task(config, device=device).sample(sequences, make_generator(stream_seed(config.seed, EVAL_STREAM), device))
-
-
-@torch.no_grad()
-def model_predictions(model: SelectionTransformer, tokens: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model.predict(tokens[i : i + chunk]) for i in range(0, tokens.shape[0], chunk)])
 
 
 def _summary(losses: torch.Tensor) -> dict[str, float]:
@@ -46,10 +40,9 @@ def evaluate_model(
     n = sequences or config.eval.sequences
     task = make_task(config, device=dev)
     batch = heldout_batch(config, n, dev)
-    temp_batch = task.sample(config.eval.temperature_sequences, make_generator(stream_seed(config.seed, TEMPERATURE_STREAM), dev))
-    temperature = fit_softmax_temperature(temp_batch, task.loss)
+    temperature = training_temperature(task, config.seed, config.eval.temperature_sequences)
     model = model.to(dev)
-    preds = {"model": model_predictions(model, batch.tokens)}
+    preds = {"model": model.predict_in_chunks(batch.tokens)}
     preds.update({name: fn(batch) for name, fn in make_baselines(task, temperature).items()})
     target = batch.target
     sq = {name: ((p - target) ** 2).double().cpu() for name, p in preds.items()}

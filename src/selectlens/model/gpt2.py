@@ -194,3 +194,9 @@ class SelectionTransformer(HookedModule):
     def predict(self, tokens: Tensor) -> Tensor:
         """``[B]`` predictions at the last position, in target space."""
         return self.forward(tokens).prediction
+
+    @torch.no_grad()
+    def predict_in_chunks(self, tokens: Tensor, chunk: int = 8192) -> Tensor:
+        """:meth:`predict` in eval mode, ``chunk`` sequences at a time (bounded memory for large sets)."""
+        self.eval()
+        return torch.cat([self.predict(tokens[i : i + chunk]) for i in range(0, tokens.shape[0], chunk)])

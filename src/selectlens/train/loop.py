@@ -22,14 +22,14 @@ from typing import Any
 
 import torch
 
-from selectlens.baselines import fit_softmax_temperature, make_baselines, pointwise_loss
+from selectlens.baselines import make_baselines, pointwise_loss, training_temperature
 from selectlens.config import Config, check_device
 from selectlens.errors import SelectLensError
 from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 from selectlens.model.checkpoint import load_weights, read_safetensors
 from selectlens import rundir
 from selectlens.tasks.generators import (
-    DATA_STREAM, DTYPES, INIT_STREAM, SHUFFLE_STREAM, TEMPERATURE_STREAM, make_generator, make_task, stream_seed,
+    DATA_STREAM, DTYPES, INIT_STREAM, SHUFFLE_STREAM, make_generator, make_task, stream_seed,
 )
 from selectlens.train.sinks import MetricSinks
 
@@ -110,8 +110,7 @@ def train(
         step = int(state["step"])
         temperature = float(state["temperature"])
     else:
-        temp_batch = task.sample(config.eval.temperature_sequences, make_generator(stream_seed(config.seed, TEMPERATURE_STREAM), device))
-        temperature = fit_softmax_temperature(temp_batch, task.loss)
+        temperature = training_temperature(task, config.seed, config.eval.temperature_sequences)
     rundir.truncate_jsonl(run / "metrics.jsonl", start_epoch)
     rundir.truncate_jsonl(run / "timing.jsonl", start_epoch)
 
@@ -204,10 +203,9 @@ def _checkpoint(run, epoch, step, model, opt, data_gen, shuffle_gen, extra) -> N
 
 
 @torch.no_grad()
-def evaluate_split(model: SelectionTransformer, batch, baselines, kind: str, chunk: int = 8192) -> dict[str, Any]:
+def evaluate_split(model: SelectionTransformer, batch, baselines, kind: str) -> dict[str, Any]:
     """Test loss of the model and of every baseline on the same sequences."""
-    model.eval()
-    preds = torch.cat([model.predict(batch.tokens[i : i + chunk]) for i in range(0, len(batch), chunk)])
+    preds = model.predict_in_chunks(batch.tokens)
     out = {"test_loss": float(pointwise_loss(preds, batch.target, kind).mean())}
     out["baselines"] = {name: float(pointwise_loss(fn(batch), batch.target, kind).mean()) for name, fn in baselines.items()}
     return out
