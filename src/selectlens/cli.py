@@ -126,16 +126,10 @@ def _run_eval(run: Path, sequences: int | None, device: str | None):
     from selectlens.rundir import load_run_model, read_jsonl
 
     dev = str(check_device(device)) if device else None
-    model, cfg = load_run_model(run, device=dev or cfg_device(run))
+    model, cfg = load_run_model(run)  # evaluate_model moves it to --device, else the run's device
     result = evaluate_model(model, cfg, sequences=sequences, device=dev)
     paths = write_eval(run, result, read_jsonl(run / "metrics.jsonl"))
     return result, paths
-
-
-def cfg_device(run: Path) -> str:
-    from selectlens.rundir import read_run_config
-
-    return str(check_device(read_run_config(run).device))
 
 
 @cli.command()

@@ -8,14 +8,10 @@ import time
 
 import torch
 
+from selectlens.benchmarks import sync
 from selectlens.benchmarks.reference import reference_sequences
 from selectlens.config import Config
 from selectlens.tasks import make_generator, make_task
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_datagen(
@@ -40,10 +36,10 @@ def bench_datagen(
     task.sample(min(n, 256), gen)  # warm-up
     times = []
     for _ in range(repeats):
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         task.sample(n, gen)
-        _sync(dev)
+        sync(dev)
         times.append(time.perf_counter() - t0)
     ours = n / statistics.median(times)
     t0 = time.perf_counter()

@@ -16,15 +16,11 @@ import time
 
 import torch
 
+from selectlens.benchmarks import sync
 from selectlens.benchmarks.reference import original_model, reference_sequences
 from selectlens.config import Config, load_config
 from selectlens.tasks import make_generator, make_task
 from selectlens.train.loop import batch_loss, build_model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def ours_epoch_seconds(config: Config, device: torch.device, epochs: int = 2) -> float:
@@ -38,7 +34,7 @@ def ours_epoch_seconds(config: Config, device: torch.device, epochs: int = 2) ->
     bs = config.training.batch_size
 
     def epoch() -> float:
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         batch = task.sample(n, gen)
         for i in range(0, n_train, bs):
@@ -46,7 +42,7 @@ def ours_epoch_seconds(config: Config, device: torch.device, epochs: int = 2) ->
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0
 
     epoch()  # warm-up
