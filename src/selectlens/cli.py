@@ -17,7 +17,8 @@ from selectlens.config import Config, check_device, load_config
 from selectlens.errors import SelectLensError
 from selectlens.rundir import check_new_run_dir
 
-CONFIG_HELP = "Config file, or a preset name (default, model_selection, classification). Default: default."
+CONFIG_HELP = ("Config file, or a preset name (default, model_selection, classification, mixed_noise_cpu, "
+               "linear_or_logistic_cpu, …). Default: default.")
 SET_HELP = "Override a config value, e.g. --set training.lr=1e-3 (repeatable)."
 
 
@@ -135,7 +136,8 @@ def _run_eval(run: Path, sequences: int | None, device: str | None):
 @cli.command()
 @click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--data", "data_file", required=True, type=click.Path(path_type=Path), help="A file written by `selectlens data`.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output .safetensors with tensor `prediction` [B].")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output .safetensors with tensor `prediction`: [B], or [B, N] (every x position) for raw tasks.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--device", default=None, help="torch device (default: cpu).")
 def predict(run, data_file, out, force, device) -> None:
@@ -144,22 +146,29 @@ def predict(run, data_file, out, force, device) -> None:
 
     from selectlens.fileio import atomic_write
     from selectlens.rundir import load_run_model
-    from selectlens.tasks import load_task_batch
+    from selectlens.tasks import RawBatch, load_task_batch
     from selectlens.tasks.io import DataFileError, check_writable
 
     check_writable(out, force=force)
     dev = check_device(device or "cpu")
     model, cfg = load_run_model(run, device=dev)
-    batch, _ = load_task_batch(data_file)
+    batch, data_cfg = load_task_batch(data_file)
     if batch.tokens.shape[-1] != model.spec.n_features or batch.tokens.shape[1] > model.spec.n_positions:
         raise DataFileError(
             f"{data_file}: tokens {list(batch.tokens.shape[1:])} do not fit the model "
             f"(needs width {model.spec.n_features}, length <= {model.spec.n_positions})"
         )
+    if cfg.data.is_raw != isinstance(batch, RawBatch):
+        raise DataFileError(f"{data_file}: a {data_cfg.data.task_name} data file does not fit the run's "
+                            f"{cfg.data.task_name} model")
     dtype = next(model.parameters()).dtype
-    pred = model.predict_in_chunks(batch.tokens.to(dev, dtype)).cpu()
+    tokens = batch.tokens.to(dev, dtype)
+    pred = (model.predict_x_positions(tokens) if cfg.data.is_raw else model.predict_in_chunks(tokens)).cpu()
     atomic_write(out, save({"prediction": pred.contiguous()}, metadata={"run": str(run), "data": str(data_file)}))
-    click.echo(f"wrote {pred.shape[0]} predictions to {out}")
+    click.echo(f"wrote {pred.shape[0]} predictions {list(pred.shape)} to {out}")
+    if cfg.data.is_raw:
+        mse = ((pred.double() - batch.target.double()) ** 2).mean().item()
+        click.echo(f"MSE over all x positions: {mse:.5f}")
 
 
 @cli.command("import")

@@ -40,8 +40,20 @@ def _positive_list(name: str, values: list[float] | None) -> list[float] | None:
     return [float(v) for v in values]
 
 
+RAW_TASKS = ("mixed_noise_regression", "linear_or_logistic")
+
+
 class DataConfig(_Section):
-    """The in-context model-selection task (DESIGN §1.1–1.2)."""
+    """The task: in-context model selection (DESIGN §1.1–1.2) or a raw-data task (§4.2).
+
+    For the raw-data (interleaved) tasks ``N`` is the number of (x, y) pairs (2N tokens of
+    width ``d_d + 1``) and ``train_samp_per_class`` the sequences per epoch; the selection
+    keys (``data_alphas``, ``candidate_alphas``, ``classification``, …) are ignored.
+    """
+
+    task: Literal["selection", "mixed_noise_regression", "linear_or_logistic"] = Field(
+        "selection", description="selection (the original tasks, chosen by data.classification) or a raw-data task."
+    )
 
     train_samp_per_class: int = Field(10000, gt=0, description="Sequences per epoch, split evenly over data_alphas.")
     d_d: int = Field(5, gt=0, description="Input dimension d.")
@@ -54,6 +66,9 @@ class DataConfig(_Section):
     classification: bool = Field(False, description="Logistic-regression variant instead of ridge regression.")
     data_gen_factor: float = Field(4.0, gt=0, description="Classification only: logit scale factor.")
     noise_scale: float = Field(0.8, ge=0, description="Regression only: noise std is noise_scale * alpha.")
+    noise_levels: list[float] = Field([0.1, 0.5], description="Raw tasks: noise sd σ levels; one is drawn per sequence.")
+    noise_probs: list[float] | None = Field(None, description="Raw tasks: probability of each noise level (null: uniform).")
+    p_regression: float = Field(0.5, ge=0, le=1, description="linear_or_logistic: probability a sequence is regression.")
 
     @field_validator("data_alphas")
     @classmethod
@@ -72,6 +87,36 @@ class DataConfig(_Section):
             raise ValueError("must be finite")
         return v
 
+    @field_validator("noise_levels")
+    @classmethod
+    def _check_noise_levels(cls, v: list[float]) -> list[float]:
+        return _positive_list("noise_levels", v)  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _check_noise_probs(self) -> "DataConfig":
+        p = self.noise_probs
+        if p is None:
+            return self
+        if len(p) != len(self.noise_levels):
+            raise ValueError(f"data.noise_probs has {len(p)} entries but data.noise_levels has {len(self.noise_levels)}")
+        if any(not math.isfinite(v) or v < 0 for v in p):
+            raise ValueError(f"data.noise_probs must be finite and >= 0 (got {p})")
+        if abs(sum(p) - 1.0) > 1e-6:
+            raise ValueError(f"data.noise_probs must sum to 1 (got {sum(p):g})")
+        return self
+
+    @property
+    def is_raw(self) -> bool:
+        """True for the raw-data (interleaved) tasks."""
+        return self.task in RAW_TASKS
+
+    @property
+    def noise_weights(self) -> list[float]:
+        """Probability of each noise level (``noise_probs``, or uniform)."""
+        if self.noise_probs is not None:
+            return list(self.noise_probs)
+        return [1.0 / len(self.noise_levels)] * len(self.noise_levels)
+
     @property
     def candidates(self) -> list[float]:
         """The candidate regularisations actually used (``candidate_alphas`` or ``data_alphas``)."""
@@ -79,12 +124,27 @@ class DataConfig(_Section):
 
     @property
     def task_name(self) -> str:
+        """The task's registry name: regression / classification, or the raw task's name."""
+        if self.is_raw:
+            return self.task
         return "classification" if self.classification else "regression"
 
     @property
+    def layout(self) -> str:
+        """Token layout: ``selection`` (one token per test point) or ``interleaved`` (x, y tokens)."""
+        return "interleaved" if self.is_raw else "selection"
+
+    @property
     def n_features(self) -> int:
-        """Token width: one prediction per candidate plus the y entry."""
+        """Token width: one prediction per candidate plus the y entry; d + 1 for raw tasks."""
+        if self.is_raw:
+            return self.d_d + 1
         return len(self.candidates) + 1
+
+    @property
+    def n_positions(self) -> int:
+        """Tokens per sequence: N, or 2N for raw tasks (an x-token and a y-token per pair)."""
+        return 2 * self.N if self.is_raw else self.N
 
 
 class ModelConfig(_Section):
@@ -113,6 +173,9 @@ class TrainingConfig(_Section):
     schedule: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule after warm-up.")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value (off when null).")
+    loss_positions: Literal["all", "last"] = Field(
+        "all", description="Raw tasks: average the loss over every x position, or use the last one only."
+    )
 
     @field_validator("lr")
     @classmethod
@@ -164,6 +227,12 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _loss_fits_task(self) -> "Config":
+        if self.data.is_raw:
+            if self.training.loss != "mse":
+                raise ValueError(f"training.loss must be mse for data.task {self.data.task}")
+            if self.data.classification:
+                raise ValueError(f"data.classification applies to data.task selection only, not {self.data.task}")
+            return self
         if self.training.loss == "bce" and not self.data.classification:
             raise ValueError("training.loss bce needs data.classification true")
         return self
@@ -208,7 +277,7 @@ def _format_error(err: dict[str, Any]) -> str:
         return f"unknown config key {key}{hint}"
     msg = str(err.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ")
-    if not loc:  # a check across sections: the message names its keys
+    if not loc or msg.startswith(key + "."):  # a check across keys: the message names them
         return f"config: {msg}"
     value = err.get("input")
     shown = "" if isinstance(value, dict) or (isinstance(value, list) and len(repr(value)) > 60) else f" (got {value!r})"

@@ -24,8 +24,8 @@ from selectlens.model.hooks import HookedModule, HookPoint
 class ModelSpec:
     """Everything needed to build the network (saved as ``config.json`` beside the weights)."""
 
-    n_features: int  # token width: K candidates + 1
-    n_positions: int  # sequence length N
+    n_features: int  # token width: K candidates + 1 (selection) or d + 1 (raw tasks)
+    n_positions: int  # sequence length: N (selection) or 2N (raw tasks, interleaved x and y tokens)
     n_embd: int = 64
     n_layer: int = 3
     n_head: int = 2
@@ -43,7 +43,7 @@ class ModelSpec:
     def from_config(cls, config) -> "ModelSpec":  # config: selectlens.config.Config
         return cls(
             n_features=config.data.n_features,
-            n_positions=config.data.N,
+            n_positions=config.data.n_positions,
             n_embd=config.model.n_embd,
             n_layer=config.model.n_layer,
             n_head=config.model.n_head,
@@ -200,3 +200,11 @@ class SelectionTransformer(HookedModule):
         """:meth:`predict` in eval mode, ``chunk`` sequences at a time (bounded memory for large sets)."""
         self.eval()
         return torch.cat([self.predict(tokens[i : i + chunk]) for i in range(0, tokens.shape[0], chunk)])
+
+    @torch.no_grad()
+    def predict_x_positions(self, tokens: Tensor, chunk: int = 8192) -> Tensor:
+        """Interleaved (raw-data) layout: ``[B, 2N, d+1]`` tokens → ``[B, N]`` read-outs at the
+        x-tokens (positions 0, 2, …), i.e. the prediction of y_i from the i earlier pairs.
+        Eval mode, ``chunk`` sequences at a time."""
+        self.eval()
+        return torch.cat([self.forward(tokens[i : i + chunk]).raw[:, 0::2] for i in range(0, tokens.shape[0], chunk)])

@@ -11,9 +11,13 @@ from selectlens.tasks.generators import (
     make_task,
 )
 from selectlens.tasks.io import DataFileError, load_task_batch, save_task_batch
+from selectlens.tasks.raw import (
+    RAW_TASKS, LinearOrLogisticTask, MixedNoiseRegressionTask, RawBatch, RawTask, interleave,
+)
 
 __all__ = [
-    "TASKS", "ClassificationTask", "DataFileError", "RegressionTask", "Task", "TaskBatch",
+    "RAW_TASKS", "TASKS", "ClassificationTask", "DataFileError", "LinearOrLogisticTask",
+    "MixedNoiseRegressionTask", "RawBatch", "RawTask", "RegressionTask", "Task", "TaskBatch", "interleave",
     "load_task_batch", "logistic_fit", "logistic_probabilities", "make_generator", "make_task",
     "ridge_predictions", "save_task_batch",
 ]

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from selectlens.config import Config, DataConfig
 from selectlens.tasks.fitting import logistic_probabilities, ridge_predictions
+from selectlens.tasks.raw import RAW_TASKS, RawTask
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -135,11 +136,14 @@ class ClassificationTask(Task):
         return logistic_probabilities(x_train, y_train, x_test, self.candidates)
 
 
-TASKS: dict[str, type[Task]] = {"regression": RegressionTask, "classification": ClassificationTask}
+TASKS: dict[str, type[Task] | type[RawTask]] = {
+    "regression": RegressionTask, "classification": ClassificationTask, **RAW_TASKS,
+}
 
 
-def make_task(config: Config, device: torch.device | str | None = None) -> Task:
-    """The task a config describes, on ``device`` (default: the config's)."""
+def make_task(config: Config, device: torch.device | str | None = None) -> Task | RawTask:
+    """The task a config describes, on ``device`` (default: the config's): a selection task
+    (:class:`Task`) or a raw-data one (:class:`~selectlens.tasks.raw.RawTask`)."""
     cls = TASKS[config.data.task_name]
     return cls(config.data, device=device if device is not None else config.device, dtype=DTYPES[config.dtype])
 

@@ -1,16 +1,21 @@
-"""Data files: a :class:`TaskBatch` as safetensors, with the resolved config as metadata."""
+"""Data files: a :class:`TaskBatch` or :class:`RawBatch` as safetensors, with the resolved config
+(and the task's name) as metadata."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
+
 from selectlens.config import Config, ConfigError, config_from_dict
 from selectlens.errors import InputError
 from selectlens.fileio import atomic_write, parse_safetensors, probe_writable, read_input_file
 from selectlens.tasks.generators import TaskBatch
+from selectlens.tasks.raw import RawBatch
 
 DATA_TENSORS = ("tokens", "target", "alpha", "x_train", "y_train", "x_test", "y_test", "w")
+RAW_DATA_TENSORS = ("tokens", "target", "x", "y", "w", "sigma", "is_regression")
 
 
 class DataFileError(InputError):
@@ -28,33 +33,59 @@ def check_writable(path: str | Path, *, force: bool = False) -> Path:
     return p
 
 
-def save_task_batch(path: str | Path, batch: TaskBatch, config: Config, *, force: bool = False) -> Path:
-    """Write ``batch``'s tensors (exactly :data:`DATA_TENSORS`) and ``config`` to ``path``."""
+def save_task_batch(path: str | Path, batch: TaskBatch | RawBatch, config: Config, *, force: bool = False) -> Path:
+    """Write ``batch``'s tensors (exactly :data:`DATA_TENSORS`, or :data:`RAW_DATA_TENSORS` for a raw
+    task) and ``config`` to ``path``."""
     from safetensors.torch import save
 
     p = check_writable(path, force=force)
     tensors = {k: v.detach().cpu().contiguous() for k, v in batch.as_dict().items()}
-    meta = {"config": json.dumps(config.to_dict()), "format": "selectlens-data-1"}
+    meta = {"config": json.dumps(config.to_dict()), "format": "selectlens-data-1", "task": config.data.task_name}
     atomic_write(p, save(tensors, metadata=meta))
     return p
 
 
-def load_task_batch(path: str | Path) -> tuple[TaskBatch, Config]:
-    """Read a file written by :func:`save_task_batch`; every problem is one :class:`DataFileError` line."""
+def load_task_batch(path: str | Path) -> tuple[TaskBatch | RawBatch, Config]:
+    """Read a file written by :func:`save_task_batch`; every problem is one :class:`DataFileError` line.
+
+    The config in the metadata says which batch it is: a :class:`RawBatch` for the raw tasks."""
     p = Path(path)
     tensors, meta = parse_safetensors(read_input_file(p, DataFileError, "data file"), p, DataFileError)
-    missing = [k for k in DATA_TENSORS if k not in tensors]
-    if missing:
-        raise DataFileError(f"data file {p} lacks tensor {missing[0]!r}")
     try:
         config = config_from_dict(json.loads(meta["config"]))
     except KeyError:
         raise DataFileError(f"data file {p} has no config metadata") from None
     except (json.JSONDecodeError, ConfigError) as e:
         raise DataFileError(f"data file {p} has bad config metadata: {e}") from None
-    batch = TaskBatch(**{k: tensors[k] for k in DATA_TENSORS})
+    names = RAW_DATA_TENSORS if config.data.is_raw else DATA_TENSORS
+    missing = [k for k in names if k not in tensors]
+    if missing:
+        raise DataFileError(f"data file {p} lacks tensor {missing[0]!r}")
+    if config.data.is_raw:
+        batch = RawBatch(**{k: tensors[k] for k in names})
+        _check_raw_shapes(p, batch, config)
+        return batch, config
+    batch = TaskBatch(**{k: tensors[k] for k in names})
     _check_shapes(p, batch, config)
     return batch, config
+
+
+def _check_raw_shapes(p: Path, batch: RawBatch, config: Config) -> None:
+    B = batch.tokens.shape[0] if batch.tokens.dim() == 3 else -1
+    N, d = config.data.N, config.data.d_d
+    expected = {
+        "tokens": (B, 2 * N, d + 1), "target": (B, N), "x": (B, N, d), "y": (B, N), "w": (B, d),
+        "sigma": (B,), "is_regression": (B,),
+    }
+    for name, shape in expected.items():
+        t = getattr(batch, name)
+        if tuple(t.shape) != shape:
+            raise DataFileError(f"data file {p}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)}")
+        if name == "is_regression":
+            if t.dtype != torch.bool:
+                raise DataFileError(f"data file {p}: tensor 'is_regression' is not boolean")
+        elif not t.is_floating_point():
+            raise DataFileError(f"data file {p}: tensor {name!r} is not floating point")
 
 
 def _check_shapes(p: Path, batch: TaskBatch, config: Config) -> None:
