@@ -63,10 +63,10 @@ def test_attention_patterns_and_roles():
         query_roles("nonsense", 4)
 
 
-def test_analyze_attention_recovers_a_planted_split():
+def test_analyze_attention_recovers_a_planted_position_split():
     # Zero the queries and keys of layer 0: every row attends uniformly to its prefix, so rows
-    # differ only by position -> the clusters are position bands and the SVM (which sees the
-    # position) separates them.
+    # differ only by position -> the clusters are position bands: position alone predicts them on
+    # held-out sequences, content alone does no better than the majority class.
     m = _model()
     with torch.no_grad():
         m.blocks[0].attn.qkv.weight[: 2 * 48] = 0
@@ -75,7 +75,13 @@ def test_analyze_attention_recovers_a_planted_split():
     a = analyze_attention(m, batch.tokens, 0, 1, samples=40, feature_names=["c0", "c1", "y"])
     role = a.roles["query"]
     assert 2 <= role.k <= 9 and role.k in role.silhouette_by_k
-    assert role.svm_heldout_accuracy > 0.9
+    assert not set(role.train_samples) & set(role.test_samples) and len(role.test_samples) == 10
+    assert role.scores["position"].accuracy > 0.9 and role.scores["position"].above_null
+    assert not role.scores["content"].above_null
+    counts = np.bincount(np.array(role.labels)[np.isin([s for s, _ in role.rows], role.train_samples)])
+    test_labels = np.array([l for l, (s, _) in zip(role.labels, role.rows) if s in role.test_samples])
+    assert role.scores["content"].majority == pytest.approx((test_labels == counts.argmax()).mean())
+    assert role.carried_by.startswith("position")
     members = [r for c in role.clusters for r in c.members]
     assert sorted(members) == sorted(role.rows) and len(members) == 40 * 21
     # each cluster is a contiguous band of positions, identical across samples
@@ -85,8 +91,39 @@ def test_analyze_attention_recovers_a_planted_split():
     from selectlens.interpret import describe_analysis
     from selectlens.interpret.plots import attention_analysis_figure
 
-    assert "LinearSVC held-out accuracy" in describe_analysis(a)
+    text = describe_analysis(a)
+    assert "carried by: position" in text and "NOT above the null" in text
     assert attention_analysis_figure(a, 0) is not None
+
+
+def test_analyze_patterns_finds_a_planted_content_split():
+    # Rows are one of two fixed patterns chosen by the sign of candidate 0 at the query, whatever the
+    # position: content predicts the clusters on held-out sequences, position does not.
+    from selectlens.interpret import analyze_patterns
+
+    rng = np.random.default_rng(0)
+    S, T = 60, 12
+    tokens = rng.normal(size=(S, T, 3))
+    va, vb = np.eye(T)[0], np.full(T, 1.0 / T)
+    pattern = np.where(tokens[:, :, :1] > 0, va, vb) + 0.01 * rng.normal(size=(S, T, T))
+    a = analyze_patterns(pattern, tokens, feature_names=["c0", "c1", "y"], seed=1)
+    role = a.roles["query"]
+    assert role.k == 2
+    assert role.scores["content"].accuracy > 0.95 and role.scores["content"].above_null
+    assert not role.scores["position"].above_null
+    assert role.scores["position"].accuracy < 0.7
+    assert role.carried_by.startswith("content")
+    assert a.feature_names[:3] == ["c0", "c1", "y"] and "|c0 − y|" in a.feature_names
+    assert a.feature_names[-2:] == ["disagreement", "position"]
+
+
+def test_selection_content_features_by_hand():
+    from selectlens.interpret.attention import selection_content_features
+
+    tok = np.array([[[1.0, 3.0, 2.5]]])
+    f, names = selection_content_features(tok, ["a", "b", "y"])
+    assert f[0, 0].tolist() == [1.0, 3.0, 2.5, 1.5, 0.5, 2.0]
+    assert names == ["a", "b", "y", "|a − y|", "|b − y|", "disagreement"]
 
 
 def test_running_context_error_by_hand():

@@ -77,7 +77,7 @@ def attention_analysis_figure(a: AttentionAnalysis, sample_index: int = 0) -> Fi
         ax_in.imshow(tokens[qpos], aspect="auto", cmap="coolwarm")
         ax_in.set_ylabel(f"{qname} queries", fontsize=8)
         ax_in.set_xticks(range(tokens.shape[1]))
-        ax_in.set_xticklabels(a.feature_names[: tokens.shape[1]], rotation=90, fontsize=6)
+        ax_in.set_xticklabels(a.token_feature_names, rotation=90, fontsize=6)
         ax_cl = fig.add_subplot(gs[1 + i, 1])
         ax_cl.imshow(labels[:, None], aspect="auto", cmap="tab10", vmin=0, vmax=9)
         ax_cl.set_xticks([])
