@@ -317,6 +317,52 @@ def bench_train(config, overrides, device, reference_sequences, as_json) -> None
     click.echo(f"  ratio      : {result['ratio']:>10,.1f}x")
 
 
+def _noise_levels(ctx, param, value: str) -> list[float]:
+    try:
+        levels = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"not a comma-separated list of numbers: {value!r}") from None
+    if not levels or not all(v > 0 and v < float("inf") for v in levels):
+        raise click.BadParameter(f"noise levels must be finite and > 0: {value!r}")
+    return levels
+
+
+@bench.command("baselines")
+@click.option("--task", type=click.Choice(["mixed_noise_regression"]), default="mixed_noise_regression",
+              help="The raw-data task whose exact Bayes baseline is timed.")
+@click.option("--d", "d", type=click.IntRange(min=1), default=5, show_default=True, help="Input dimension.")
+@click.option("--N", "N", type=click.IntRange(min=2), default=20, show_default=True, help="(x, y) pairs per sequence.")
+@click.option("--noise-levels", default="0.1,0.5", show_default=True, callback=_noise_levels,
+              help="Comma-separated noise sds σ (uniform prior).")
+@click.option("--device", default="cpu", show_default=True, help="torch device for SelectLens (the reference is numpy).")
+@click.option("--sequences", type=click.IntRange(min=1), default=4096, show_default=True, help="Sequences per timed call.")
+@click.option("--reference-sequences", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Sequences for the numpy reference (its rate does not depend on the count).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's own choice).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_baselines(task, d, N, noise_levels, device, sequences, reference_sequences, threads, as_json) -> None:
+    """Sequences/s of the batched exact Bayes mixture (all prefixes) vs. a per-sequence, per-prefix numpy loop."""
+    import torch
+
+    from selectlens.benchmarks.raw_baselines import bench_baselines as run
+
+    dev = check_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    result = run(d=d, N=N, sigmas=noise_levels, sequences=sequences, reference_sequences=reference_sequences,
+                 device=str(dev))
+    if as_json:
+        _emit_json(result)
+        return
+    click.echo(f"{task}: Bayes posterior mixture, all {N} prefixes, d={d}, σ={noise_levels}, device {result['device']}, "
+               f"{result['torch_threads']} torch threads")
+    click.echo(f"  selectlens : {result['ours_seq_per_s']:>12,.0f} sequences/s ({result['sequences']} sequences)")
+    click.echo(f"  reference  : {result['reference_seq_per_s']:>12,.1f} sequences/s "
+               f"(numpy, per sequence and prefix, {result['reference_sequences']} sequences)")
+    click.echo(f"  ratio      : {result['ratio']:>12,.1f}x")
+    click.echo(f"  max |ours − reference| : {result['max_abs_diff']:.2e}")
+
+
 def _one_line(message: str) -> str:
     """Control characters from user input (a path with a newline, say) are shown escaped."""
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(message))
