@@ -10,7 +10,7 @@ from scipy.stats import multivariate_normal
 
 from selectlens.baselines.raw import (
     RAW_BASELINE_SEES, averaging, baseline_sees, bayes_mixture, labels_look_binary, least_squares,
-    logistic_regression, nearest_neighbours, raw_baselines, ridge_filter,
+    logistic_regression, make_raw_baselines, nearest_neighbours, raw_baselines, ridge_filter,
 )
 
 SIGMAS, PROBS = [0.1, 0.5], [0.3, 0.7]
@@ -187,3 +187,20 @@ def test_bayes_mixture_on_gpu_equals_cpu():
     cpu = bayes_mixture(b.x, b.y, SIGMAS, PROBS)[0]
     gpu = bayes_mixture(b.x.cuda(), b.y.cuda(), SIGMAS, PROBS)[0].cpu()
     assert torch.allclose(cpu, gpu, atol=1e-9)
+
+
+def test_make_raw_baselines_on_the_real_tasks():
+    from selectlens.config import load_config
+    from selectlens.tasks import make_generator, make_task
+
+    for preset in ("mixed_noise_cpu", "linear_or_logistic_cpu"):
+        cfg = load_config(preset, ["data.N=6"])
+        task = make_task(cfg)
+        batch = task.sample(32, make_generator(0))
+        preds = make_raw_baselines(task)
+        assert {f"ridge[{s:g}]" for s in cfg.data.noise_levels} <= set(preds)
+        assert ("type_oracle" in preds) == (cfg.data.task == "linear_or_logistic")
+        want = bayes_mixture(batch.x, batch.y, cfg.data.noise_levels, cfg.data.noise_weights)[0].float()
+        assert torch.equal(preds["bayes_posterior_mixture"](batch), want)
+        for fn in preds.values():
+            assert fn(batch).shape == batch.target.shape

@@ -37,7 +37,7 @@ from torch import Tensor
 from selectlens.tasks.fitting import logistic_fit
 
 if TYPE_CHECKING:
-    from selectlens.tasks.raw import RawBatch
+    from selectlens.tasks.raw import RawBatch, RawTask
 
 RawPredictor = Callable[["RawBatch"], Tensor]
 
@@ -292,7 +292,6 @@ def raw_baselines(task_name: str, sigmas: list[float], probs: list[float], *, lo
     return out
 
 
-def make_raw_baselines(task: Any) -> dict[str, RawPredictor]:
-    """Every raw baseline for a raw task (``task.name``, ``task.data.noise_levels`` and
-    ``task.data.noise_weights``), by name; ``RAW_BASELINE_SEES`` says what each sees."""
-    return raw_baselines(task.name, list(task.data.noise_levels), list(task.data.noise_weights))
+def make_raw_baselines(task: "RawTask") -> dict[str, RawPredictor]:
+    """Every raw baseline for a raw task, by name; ``RAW_BASELINE_SEES`` says what each sees."""
+    return raw_baselines(task.name, list(task.noise_levels), list(task.noise_probs))

@@ -19,6 +19,9 @@ import torch
 
 from selectlens.baselines.raw import bayes_mixture
 from selectlens.benchmarks import sync
+from selectlens.config import DataConfig
+from selectlens.tasks import make_generator
+from selectlens.tasks.raw import MixedNoiseRegressionTask
 
 
 def reference_bayes_mixture(x: np.ndarray, y: np.ndarray, sigmas: list[float], probs: list[float]) -> np.ndarray:
@@ -42,19 +45,6 @@ def reference_bayes_mixture(x: np.ndarray, y: np.ndarray, sigmas: list[float], p
     return out
 
 
-def mixed_noise_sequences(sequences: int, N: int, d: int, sigmas: list[float], probs: list[float], seed: int,
-                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x [B, N, d]``, ``y [B, N]`` (float32) drawn like ``mixed_noise_regression``: x, w ~ N(0, I),
-    ``y = xᵀw/√d + σz`` with σ drawn from ``sigmas`` with ``probs``."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    x = torch.randn(sequences, N, d, generator=g, device=device)
-    w = torch.randn(sequences, d, 1, generator=g, device=device)
-    level = torch.multinomial(torch.tensor(probs, device=device), sequences, replacement=True, generator=g)
-    sigma = torch.tensor(sigmas, device=device)[level]
-    y = (x @ w).squeeze(-1) / math.sqrt(d) + sigma.unsqueeze(-1) * torch.randn(sequences, N, generator=g, device=device)
-    return x, y
-
-
 def bench_baselines(
     *,
     d: int = 5,
@@ -71,7 +61,9 @@ def bench_baselines(
     sigmas = sigmas or [0.1, 0.5]
     probs = probs or [1.0 / len(sigmas)] * len(sigmas)
     dev = torch.device(device)
-    x, y = mixed_noise_sequences(sequences, N, d, sigmas, probs, seed, dev)
+    data = DataConfig(task="mixed_noise_regression", N=N, d_d=d, noise_levels=sigmas, noise_probs=probs)
+    batch = MixedNoiseRegressionTask(data, device=dev).sample(sequences, make_generator(seed, dev))
+    x, y = batch.x, batch.y
     bayes_mixture(x[:64], y[:64], sigmas, probs)  # warm-up
     times = []
     for _ in range(repeats):
