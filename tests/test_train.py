@@ -21,6 +21,9 @@ def test_train_writes_run_dir_and_metrics(tmp_path):
     assert res.epoch == 3 and res.step == 3 * 8  # 240 training sequences / 32
     lines = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in lines] == [1, 2, 3]
+    # sequences actually stepped on: 240 per epoch (7 full batches of 32 + one of 16), not 8 * 32 = 256
+    n_train = round(_cfg().data.train_prop * 300)
+    assert [r["sequences"] for r in lines] == [n_train, 2 * n_train, 3 * n_train] == [240, 480, 720]
     for r in lines:
         assert {"train_loss", "test_loss", "baselines", "lr", "step", "sequences"} <= set(r)
         assert "context_validation_select" in r["baselines"] and "oracle_select" in r["baselines"]

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -36,6 +36,10 @@ from selectlens.train.sinks import MetricSinks
 
 class TrainingError(SelectLensError):
     """Training stopped abnormally (non-finite loss)."""
+
+
+class _NonFiniteLoss(Exception):
+    """Raised by ``train_step`` before the update; ``run_epoch`` says where."""
 
 
 @dataclass
@@ -66,11 +70,186 @@ def learning_rate(config: Config, step: int, total_steps: int) -> float:
     return t.lr
 
 
+LossFn = Callable[[SelectionTransformer, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def batch_loss(model: SelectionTransformer, tokens: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean training loss of ``model`` on ``tokens [B, T, F]`` against ``target [B]``."""
     out = model(tokens)
     if kind == "bce":  # the read-out is a logit
         return torch.nn.functional.binary_cross_entropy_with_logits(out.raw[:, -1], target)
     return ((out.prediction - target) ** 2).mean()
+
+
+def loss_fn(config: Config) -> LossFn:
+    """The training loss chosen by the config: ``(model, tokens, target) -> scalar``.
+
+    The one place that maps ``training.loss`` (and, later, the task kind) to a loss.
+    """
+    kind = config.training.loss
+    return lambda model, tokens, target: batch_loss(model, tokens, target, kind)
+
+
+@dataclass
+class TrainState:
+    """Everything a run carries from step to step, and what a checkpoint stores."""
+
+    run: Path
+    config: Config
+    device: torch.device
+    task: Any
+    model: SelectionTransformer
+    opt: torch.optim.Optimizer
+    data_gen: torch.Generator
+    shuffle_gen: torch.Generator
+    temperature: float
+    start_epoch: int = 0
+    step: int = 0
+    sequences: int = 0  # training sequences actually stepped on, summed over epochs
+
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "step": self.step,
+            "sequences": self.sequences,
+            "optimizer": self.opt.state_dict(),
+            "data_rng": self.data_gen.get_state(),
+            "shuffle_rng": self.shuffle_gen.get_state(),
+            "temperature": self.temperature,
+        }
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """How each epoch's fresh sequences are split and batched."""
+
+    n_seq: int  # sequences drawn per epoch
+    n_train: int  # of which train; the rest are the epoch's test split
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def from_config(cls, config: Config) -> "EpochPlan":
+        n_seq = config.data.train_samp_per_class
+        n_train = max(1, min(n_seq - 1, int(round(config.data.train_prop * n_seq))))
+        bs = config.training.batch_size
+        steps = math.ceil(n_train / bs)
+        return cls(n_seq, n_train, bs, steps, steps * config.training.epochs)
+
+
+def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainState:
+    """A fresh run directory and model, or (``resume``) the run's config and its latest checkpoint.
+
+    Logs (metrics, timing) are rewound to the checkpoint's epoch.
+    """
+    if resume:
+        config = rundir.read_run_config(run)
+    else:
+        rundir.prepare_run_dir(run, config, force=force)
+    device = check_device(config.device)
+    task = make_task(config, device=device)
+    model = build_model(config).to(device)
+    state = TrainState(
+        run=run, config=config, device=device, task=task, model=model,
+        opt=torch.optim.Adam(model.parameters(), lr=config.training.lr),
+        data_gen=make_generator(stream_seed(config.seed, DATA_STREAM), device),
+        shuffle_gen=make_generator(stream_seed(config.seed, SHUFFLE_STREAM), "cpu"),
+        temperature=0.0,
+    )
+    ckpt = rundir.load_latest_checkpoint(run) if resume else None
+    if resume and ckpt is None and rundir.checkpoint_dirs(run):
+        raise rundir.RunDirError(f"{run}: no checkpoint could be loaded")
+    if ckpt is not None:
+        _restore(state, *ckpt)
+    else:
+        state.temperature = training_temperature(task, config.seed, config.eval.temperature_sequences)
+    rundir.truncate_jsonl(run / "metrics.jsonl", state.start_epoch)
+    rundir.truncate_jsonl(run / "timing.jsonl", state.start_epoch)
+    return state
+
+
+def _restore(state: TrainState, epoch: int, path: Path, saved: dict[str, Any]) -> None:
+    """Load a checkpoint's weights, optimizer and generator states into ``state``."""
+    tensors, _ = read_safetensors(path / "model.safetensors")
+    load_weights(state.model, tensors, source=str(path / "model.safetensors"))
+    state.opt.load_state_dict(saved["optimizer"])
+    state.data_gen.set_state(saved["data_rng"])  # generator states are CPU byte tensors on every device
+    state.shuffle_gen.set_state(saved["shuffle_rng"])
+    state.start_epoch = epoch
+    state.step = int(saved["step"])
+    state.temperature = float(saved["temperature"])
+    # checkpoints written before ``sequences`` was stored: every epoch trains on all its n_train sequences
+    state.sequences = int(saved.get("sequences", epoch * EpochPlan.from_config(state.config).n_train))
+
+
+def train_step(state: TrainState, loss: LossFn, tokens: torch.Tensor, target: torch.Tensor, lr: float) -> torch.Tensor:
+    """One optimiser step on ``tokens [b, T, F]``, ``target [b]``; returns the (detached) loss."""
+    for g in state.opt.param_groups:
+        g["lr"] = lr
+    value = loss(state.model, tokens, target)
+    if not torch.isfinite(value):
+        raise _NonFiniteLoss()
+    state.opt.zero_grad(set_to_none=True)
+    value.backward()
+    if state.config.training.grad_clip:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), state.config.training.grad_clip)
+    state.opt.step()
+    state.step += 1
+    state.sequences += int(tokens.shape[0])
+    return value.detach()
+
+
+def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=None):
+    """Draw the epoch's fresh sequences, step through its shuffled train split once.
+
+    Returns ``(mean train loss, test split)``.
+    """
+    batch = state.task.sample(plan.n_seq, state.data_gen)
+    train_b, test_b = batch[: plan.n_train], batch[plan.n_train :]
+    order = torch.randperm(plan.n_train, generator=state.shuffle_gen).to(state.device)
+    state.model.train()
+    total = torch.zeros((), device=state.device, dtype=torch.float64)
+    for i in range(plan.steps_per_epoch):
+        idx = order[i * plan.batch_size : (i + 1) * plan.batch_size]
+        lr = learning_rate(state.config, state.step, plan.total_steps)
+        try:
+            value = train_step(state, loss, train_b.tokens[idx], train_b.target[idx], lr)
+        except _NonFiniteLoss:
+            raise TrainingError(
+                f"non-finite loss at epoch {epoch + 1} step {i + 1} (global step {state.step + 1}); "
+                f"last good checkpoint kept in {state.run / 'checkpoints'}"
+            ) from None
+        total += value
+        if bar is not None:
+            bar.update(1)
+            if i % 10 == 0:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{value.item():.4f}", refresh=False)
+    return float(total) / plan.steps_per_epoch, test_b
+
+
+def epoch_record(state: TrainState, epoch: int, train_loss: float, test_b, baselines) -> dict[str, Any]:
+    """The epoch's ``metrics.jsonl`` line: counters, lr, train loss, test loss of model and baselines."""
+    return {
+        "epoch": epoch + 1,
+        "step": state.step,
+        "sequences": state.sequences,
+        "lr": state.opt.param_groups[0]["lr"],
+        "train_loss": train_loss,
+        **evaluate_split(state.model, test_b, baselines, state.config.training.loss),
+    }
+
+
+def write_records(run: Path, record: dict[str, Any], timing: dict[str, Any], sinks: MetricSinks) -> None:
+    """Append the epoch's metrics and timing lines, and forward the metrics to the sinks."""
+    rundir.append_jsonl(run / "metrics.jsonl", record)
+    rundir.append_jsonl(run / "timing.jsonl", timing)
+    sinks.log(record)
+
+
+def save_checkpoint(state: TrainState, epoch: int) -> Path:
+    """Checkpoint ``state`` after ``epoch`` epochs (atomic; also updates the run-level weights)."""
+    return rundir.save_checkpoint(state.run, epoch, state.model, state.checkpoint_state(epoch))
 
 
 def train(
@@ -85,101 +264,30 @@ def train(
 ) -> TrainResult:
     """Train ``config`` into ``run_dir``; with ``resume``, continue its last checkpoint."""
     run = Path(run_dir)
-    if resume:
-        config = rundir.read_run_config(run)
-    else:
-        rundir.prepare_run_dir(run, config, force=force)
-    device = check_device(config.device)
-    task = make_task(config, device=device)
-    model = build_model(config).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.training.lr)
-    data_gen = make_generator(stream_seed(config.seed, DATA_STREAM), device)
-    shuffle_gen = make_generator(stream_seed(config.seed, SHUFFLE_STREAM), "cpu")
-
-    start_epoch, step = 0, 0
-    ckpt = rundir.load_latest_checkpoint(run) if resume else None
-    if resume and ckpt is None and rundir.checkpoint_dirs(run):
-        raise rundir.RunDirError(f"{run}: no checkpoint could be loaded")
-    if ckpt is not None:
-        start_epoch, path, state = ckpt
-        tensors, _ = read_safetensors(path / "model.safetensors")
-        load_weights(model, tensors, source=str(path / "model.safetensors"))
-        opt.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_rng"])  # generator states are CPU byte tensors on every device
-        shuffle_gen.set_state(state["shuffle_rng"])
-        step = int(state["step"])
-        temperature = float(state["temperature"])
-    else:
-        temperature = training_temperature(task, config.seed, config.eval.temperature_sequences)
-    rundir.truncate_jsonl(run / "metrics.jsonl", start_epoch)
-    rundir.truncate_jsonl(run / "timing.jsonl", start_epoch)
-
-    kind = config.training.loss
-    baselines = make_baselines(task, temperature)
-    n_seq = config.data.train_samp_per_class
-    n_train = max(1, min(n_seq - 1, int(round(config.data.train_prop * n_seq))))
-    bs = config.training.batch_size
-    steps_per_epoch = math.ceil(n_train / bs)
-    total_steps = steps_per_epoch * config.training.epochs
+    state = set_up(config, run, resume=resume, force=force)
+    config = state.config
+    plan = EpochPlan.from_config(config)
+    loss = loss_fn(config)
+    baselines = make_baselines(state.task, state.temperature)
     sinks = sinks or MetricSinks.from_config(config, run)
     started = time.monotonic()
     last: dict[str, Any] = {}
     stopped_early = False
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, leave=True)
-    state_extra = {"temperature": temperature}
+    bar = _progress_bar(plan, state.step) if progress else None
     try:
-        for epoch in range(start_epoch, config.training.epochs):
+        for epoch in range(state.start_epoch, config.training.epochs):
             t0 = time.monotonic()
-            batch = task.sample(n_seq, data_gen)
-            train_b, test_b = batch[:n_train], batch[n_train:]
-            order = torch.randperm(n_train, generator=shuffle_gen).to(device)
-            model.train()
-            total = torch.zeros((), device=device, dtype=torch.float64)
-            for i in range(steps_per_epoch):
-                idx = order[i * bs : (i + 1) * bs]
-                for g in opt.param_groups:
-                    g["lr"] = learning_rate(config, step, total_steps)
-                loss = batch_loss(model, train_b.tokens[idx], train_b.target[idx], kind)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"non-finite loss at epoch {epoch + 1} step {i + 1} (global step {step + 1}); "
-                        f"last good checkpoint kept in {run / 'checkpoints'}"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.training.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.grad_clip)
-                opt.step()
-                total += loss.detach()
-                step += 1
-                if bar is not None:
-                    bar.update(1)
-                    if i % 10 == 0:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", refresh=False)
-            record = {
-                "epoch": epoch + 1,
-                "step": step,
-                "sequences": step * bs,
-                "lr": opt.param_groups[0]["lr"],
-                "train_loss": float(total) / steps_per_epoch,
-                **evaluate_split(model, test_b, baselines, kind),
-            }
-            rundir.append_jsonl(run / "metrics.jsonl", record)
+            train_loss, test_b = run_epoch(state, plan, loss, epoch, bar)
+            last = epoch_record(state, epoch, train_loss, test_b, baselines)
             elapsed = time.monotonic() - started
-            rundir.append_jsonl(run / "timing.jsonl", {"epoch": epoch + 1, "epoch_s": time.monotonic() - t0, "elapsed_s": elapsed})
-            sinks.log(record)
-            last = record
+            write_records(run, last, {"epoch": epoch + 1, "epoch_s": time.monotonic() - t0, "elapsed_s": elapsed}, sinks)
             if bar is not None:
-                bar.set_postfix(epoch=epoch + 1, test=f"{record['test_loss']:.4f}",
-                                cv=f"{record['baselines']['context_validation_select']:.4f}")
+                bar.set_postfix(epoch=epoch + 1, test=f"{last['test_loss']:.4f}",
+                                cv=f"{last['baselines']['context_validation_select']:.4f}")
             out_of_time = max_minutes is not None and elapsed >= max_minutes * 60
             final = epoch + 1 == config.training.epochs
             if (epoch + 1) % config.training.save_every_epochs == 0 or final or out_of_time:
-                _checkpoint(run, epoch + 1, step, model, opt, data_gen, shuffle_gen, state_extra)
+                save_checkpoint(state, epoch + 1)
             if out_of_time and not final:
                 stopped_early = True
                 break
@@ -187,19 +295,13 @@ def train(
         if bar is not None:
             bar.close()
         sinks.close()
-    return TrainResult(run, int(last.get("epoch", start_epoch)), step, stopped_early, last)
+    return TrainResult(run, int(last.get("epoch", state.start_epoch)), state.step, stopped_early, last)
 
 
-def _checkpoint(run, epoch, step, model, opt, data_gen, shuffle_gen, extra) -> None:
-    state = {
-        "epoch": epoch,
-        "step": step,
-        "optimizer": opt.state_dict(),
-        "data_rng": data_gen.get_state(),
-        "shuffle_rng": shuffle_gen.get_state(),
-        **extra,
-    }
-    rundir.save_checkpoint(run, epoch, model, state)
+def _progress_bar(plan: EpochPlan, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=plan.total_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True, leave=True)
 
 
 @torch.no_grad()
