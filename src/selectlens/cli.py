@@ -210,9 +210,10 @@ def run(config, overrides, out, force, max_minutes, quiet) -> None:
     click.echo(f"[2/3] evaluating on {cfg.eval.sequences:,} held-out sequences")
     ev, paths = _run_eval(run_dir, None, None)
     m = ev["predictors"]["model"]
-    cv = ev["predictors"]["context_validation_select"]
-    click.echo(f"model MSE {m['mse']:.5f} [{m['ci_low']:.5f}, {m['ci_high']:.5f}]; context-validation select "
-               f"{cv['mse']:.5f}; paired (cv − model) 95% CI [{cv['paired_diff_ci'][0]:+.5f}, {cv['paired_diff_ci'][1]:+.5f}]")
+    ref = ev.get("reference", "context_validation_select")  # raw runs: the Bayes mixture
+    cv = ev["predictors"][ref]
+    click.echo(f"model MSE {m['mse']:.5f} [{m['ci_low']:.5f}, {m['ci_high']:.5f}]; {ref} "
+               f"{cv['mse']:.5f}; paired ({ref} − model) 95% CI [{cv['paired_diff_ci'][0]:+.5f}, {cv['paired_diff_ci'][1]:+.5f}]")
     click.echo("[3/3] interpreting (attention, clusters, probes, logit lens, attribution, ablation, patching)")
     from selectlens.interpret.report import interpret_run
 

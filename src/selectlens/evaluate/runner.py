@@ -16,6 +16,7 @@ import torch
 
 from selectlens.baselines import make_baselines, pointwise_loss, training_temperature
 from selectlens.config import Config, check_device
+from selectlens.evaluate.context_length import context_length_markdown, evaluate_raw_model, write_context_length_eval
 from selectlens.evaluate.metrics import mean_ci, paired_diff_ci
 from selectlens.model.gpt2 import SelectionTransformer
 from selectlens.fileio import atomic_write
@@ -40,6 +41,8 @@ def evaluate_model(
     n = sequences or config.eval.sequences
     task = make_task(config, device=dev)
     batch = heldout_batch(config, n, dev)
+    if config.data.is_raw:  # raw-data tasks: every context length, per σ and task type
+        return evaluate_raw_model(model.to(dev), task, batch, seed=config.seed)
     temperature = training_temperature(task, config.seed, config.eval.temperature_sequences)
     model = model.to(dev)
     preds = {"model": model.predict_in_chunks(batch.tokens)}
@@ -75,7 +78,9 @@ def evaluate_model(
 
 
 def eval_markdown(result: dict[str, Any]) -> str:
-    """The evaluation table as Markdown."""
+    """The evaluation table as Markdown (raw runs: the context-length tables)."""
+    if result.get("layout") == "interleaved":
+        return context_length_markdown(result)
     preds = result["predictors"]
     alphas = list(preds["model"]["per_alpha"])
     head = "| predictor | MSE | 95% CI | baseline − model (paired 95% CI) | " + " | ".join(f"α={a}" for a in alphas) + " |"
@@ -134,10 +139,14 @@ def plot_training_curves(metrics: list[dict[str, Any]], out: Path, *, eval_resul
 
 
 def write_eval(run_dir: Path, result: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write ``eval.json``, ``eval.md`` and ``training_curves.png`` into ``run_dir``."""
-    paths = {"json": run_dir / "eval.json", "md": run_dir / "eval.md", "png": run_dir / "training_curves.png"}
-    atomic_write(paths["json"], json.dumps(result, indent=2).encode())
-    atomic_write(paths["md"], eval_markdown(result).encode())
+    """Write ``eval.json``, ``eval.md`` and ``training_curves.png`` into ``run_dir`` (raw runs: also
+    ``context_length.png``)."""
+    if result.get("layout") == "interleaved":
+        paths = write_context_length_eval(run_dir, result) | {"png": run_dir / "training_curves.png"}
+    else:
+        paths = {"json": run_dir / "eval.json", "md": run_dir / "eval.md", "png": run_dir / "training_curves.png"}
+        atomic_write(paths["json"], json.dumps(result, indent=2).encode())
+        atomic_write(paths["md"], eval_markdown(result).encode())
     if metrics:
         plot_training_curves(metrics, paths["png"], eval_result=result)
     else:
