@@ -61,9 +61,12 @@ RAW_BASELINE_SEES: dict[str, str] = {
 }
 
 
-def baseline_sees(name: str) -> str:
-    """What the baseline ``name`` sees (``ridge[0.1]`` → the ``ridge[σ]`` entry)."""
+def baseline_sees(name: str, default: str | None = None) -> str:
+    """What the baseline ``name`` sees (``ridge[0.1]`` → the ``ridge[σ]`` entry); ``default`` for
+    names that are not raw baselines (KeyError without one)."""
     key = "ridge[σ]" if name.startswith("ridge[") else name
+    if default is not None:
+        return RAW_BASELINE_SEES.get(key, default)
     return RAW_BASELINE_SEES[key]
 
 
