@@ -98,9 +98,12 @@ def _report_training(result) -> None:
     last = result.last
     state = "stopped at the time limit" if result.stopped_early else "finished"
     if last:
-        cv = last["baselines"]["context_validation_select"]
-        click.echo(f"{state}: epoch {result.epoch}, {last['sequences']:,} sequences, test loss {last['test_loss']:.5f} "
-                   f"(context-validation select {cv:.5f}); run in {result.run_dir}")
+        ref = next(((label, last["baselines"][name]) for name, label in (
+            ("context_validation_select", "context-validation select"), ("bayes_posterior_mixture", "Bayes mixture"))
+            if name in last["baselines"]), None)
+        beside = f" ({ref[0]} {ref[1]:.5f})" if ref else ""
+        click.echo(f"{state}: epoch {result.epoch}, {last['sequences']:,} sequences, test loss {last['test_loss']:.5f}"
+                   f"{beside}; run in {result.run_dir}")
     else:
         click.echo(f"{state}: nothing left to train in {result.run_dir}")
 

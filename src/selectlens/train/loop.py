@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from selectlens.baselines import make_baselines, pointwise_loss, training_temperature
+from selectlens.baselines.raw import make_raw_baselines
 from selectlens.config import Config, check_device
 from selectlens.errors import SelectLensError
 from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
@@ -31,6 +32,7 @@ from selectlens import rundir
 from selectlens.tasks.generators import (
     DATA_STREAM, DTYPES, INIT_STREAM, SHUFFLE_STREAM, make_generator, make_task, stream_seed,
 )
+from selectlens.train.raw import evaluate_raw_split, raw_batch_loss
 from selectlens.train.sinks import MetricSinks
 
 
@@ -86,6 +88,9 @@ def loss_fn(config: Config) -> LossFn:
 
     The one place that maps ``training.loss`` (and, later, the task kind) to a loss.
     """
+    if config.data.is_raw:  # MSE at every x-token (or the last one), target [B, N]
+        positions = config.training.loss_positions
+        return lambda model, tokens, target: raw_batch_loss(model, tokens, target, positions)
     kind = config.training.loss
     return lambda model, tokens, target: batch_loss(model, tokens, target, kind)
 
@@ -162,7 +167,7 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
         raise rundir.RunDirError(f"{run}: no checkpoint could be loaded")
     if ckpt is not None:
         _restore(state, *ckpt)
-    else:
+    elif not config.data.is_raw:  # raw tasks have no softmax-selection baseline to calibrate
         state.temperature = training_temperature(task, config.seed, config.eval.temperature_sequences)
     rundir.truncate_jsonl(run / "metrics.jsonl", state.start_epoch)
     rundir.truncate_jsonl(run / "timing.jsonl", state.start_epoch)
@@ -236,8 +241,23 @@ def epoch_record(state: TrainState, epoch: int, train_loss: float, test_b, basel
         "sequences": state.sequences,
         "lr": state.opt.param_groups[0]["lr"],
         "train_loss": train_loss,
-        **evaluate_split(state.model, test_b, baselines, state.config.training.loss),
+        **split_losses(state, test_b, baselines),
     }
+
+
+def split_losses(state: TrainState, test_b, baselines) -> dict[str, Any]:
+    """The model's and every baseline's test loss on the epoch's test split."""
+    config = state.config
+    if config.data.is_raw:
+        return evaluate_raw_split(state.model, test_b, baselines, config.training.loss_positions)
+    return evaluate_split(state.model, test_b, baselines, config.training.loss)
+
+
+def epoch_baselines(state: TrainState) -> dict[str, Any]:
+    """The baselines scored beside the model every epoch (raw or selection ones)."""
+    if state.config.data.is_raw:
+        return make_raw_baselines(state.task)
+    return make_baselines(state.task, state.temperature)
 
 
 def write_records(run: Path, record: dict[str, Any], timing: dict[str, Any], sinks: MetricSinks) -> None:
@@ -268,7 +288,7 @@ def train(
     config = state.config
     plan = EpochPlan.from_config(config)
     loss = loss_fn(config)
-    baselines = make_baselines(state.task, state.temperature)
+    baselines = epoch_baselines(state)
     sinks = sinks or MetricSinks.from_config(config, run)
     started = time.monotonic()
     last: dict[str, Any] = {}
@@ -282,8 +302,7 @@ def train(
             elapsed = time.monotonic() - started
             write_records(run, last, {"epoch": epoch + 1, "epoch_s": time.monotonic() - t0, "elapsed_s": elapsed}, sinks)
             if bar is not None:
-                bar.set_postfix(epoch=epoch + 1, test=f"{last['test_loss']:.4f}",
-                                cv=f"{last['baselines']['context_validation_select']:.4f}")
+                bar.set_postfix(epoch=epoch + 1, test=f"{last['test_loss']:.4f}", **_reference_loss(last))
             out_of_time = max_minutes is not None and elapsed >= max_minutes * 60
             final = epoch + 1 == config.training.epochs
             if (epoch + 1) % config.training.save_every_epochs == 0 or final or out_of_time:
@@ -296,6 +315,14 @@ def train(
             bar.close()
         sinks.close()
     return TrainResult(run, int(last.get("epoch", state.start_epoch)), state.step, stopped_early, last)
+
+
+def _reference_loss(record: dict[str, Any]) -> dict[str, str]:
+    """The baseline shown beside the model in the progress bar (Bayes mixture or context validation)."""
+    for name, short in (("bayes_posterior_mixture", "bayes"), ("context_validation_select", "cv")):
+        if name in record["baselines"]:
+            return {short: f"{record['baselines'][name]:.4f}"}
+    return {}
 
 
 def _progress_bar(plan: EpochPlan, initial: int):
