@@ -34,13 +34,16 @@ def test_agreement_distances_recomputed_with_numpy():
             np.testing.assert_allclose(res["distance"][name]["mean"], mean, rtol=1e-9, atol=1e-15)
             np.testing.assert_allclose(res["distance"][name]["ci_high"], mean + half, rtol=1e-9, atol=1e-15)
             means[name] = mean
+        np.testing.assert_allclose(res["distance"]["prior_mean_zero"]["mean"], (m[mask] ** 2).mean(0), rtol=1e-9)
+        means["prior_mean_zero"] = (m[mask] ** 2).mean(0)
         names = list(means)
         assert res["closest"] == [names[int(np.argmin([means[k][n] for k in names]))] for n in range(7)]
         spread = (preds["bayes_posterior_mixture"][mask] - preds["averaging"][mask]) ** 2
         np.testing.assert_allclose(res["baseline_to_reference"]["averaging"]["mean"], spread.mean(0), rtol=1e-9)
     assert out["sees"]["oracle_sigma_ridge"] == "latent"
     fig = agreement_figure(out)
-    assert len(fig.axes) == 2 and all(len(ax.lines) == len(preds) for ax in fig.axes)
+    assert len(fig.axes) == 2 and all(len(ax.lines) == len(preds) + 1 for ax in fig.axes)
+    assert out["sees"]["prior_mean_zero"] == "null" and "prior_mean_zero" not in res["baseline_to_reference"]
 
 
 def test_agreement_is_zero_for_a_baseline_against_itself():
@@ -51,3 +54,5 @@ def test_agreement_is_zero_for_a_baseline_against_itself():
     assert out["groups"]["all"]["distance"]["same"]["mean"] == [0.0] * 6
     np.testing.assert_allclose(out["groups"]["all"]["distance"]["other"]["mean"], [4.0] * 6, rtol=1e-6)
     assert out["groups"]["all"]["closest"] == ["same"] * 6
+    zero = agreement_result(torch.zeros(50, 6), {"other": x}, batch)
+    assert zero["groups"]["all"]["closest"] == ["prior_mean_zero"] * 6

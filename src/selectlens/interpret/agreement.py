@@ -5,9 +5,11 @@ and task type, the mean squared distance between the model's predictions and eac
 predictions — not the target — with a 95% CI over sequences:
 ``dist_k(n) = mean_b (ŷ_model[b, n] − ŷ_k[b, n])²``.
 
-The null beside it: the same distance from each baseline to the Bayes posterior mixture
-(``baseline_to_reference``). A model "tracks" estimator k at n only if its distance to k is
-small compared with how far the candidate estimators are from each other.
+Two nulls beside it: the constant prior-mean predictor 0 as one more "baseline"
+(``prior_mean_zero``: a model that barely reacts to the context is close to every shrunken
+estimator, and closest to this one), and the distance from each baseline to the Bayes posterior
+mixture (``baseline_to_reference``). A model "tracks" estimator k at n only if its distance to k
+is small compared with how far the candidate estimators are from each other.
 """
 
 from __future__ import annotations
@@ -20,26 +22,31 @@ from torch import Tensor
 from selectlens.baselines.raw import baseline_sees, make_raw_baselines
 from selectlens.evaluate.context_length import REFERENCE, curve_ci, sequence_groups
 
+ZERO = "prior_mean_zero"  # the null predictor ŷ = 0
+
 
 def agreement_result(model_pred: Tensor, baseline_preds: dict[str, Tensor], batch: Any) -> dict[str, Any]:
     """Distances from ``model_pred [B, N]`` to every ``baseline_preds[name] [B, N]`` on ``batch`` (a ``RawBatch``).
 
     Returns ``{"N", "sees", "groups": {g: {"sequences", "distance": {name: curve},
     "baseline_to_reference": {name: curve}, "closest": [name per n]}}}``; a curve is per-position
-    ``mean``/``ci_low``/``ci_high`` lists. ``closest`` is the baseline with the smallest mean distance.
+    ``mean``/``ci_low``/``ci_high`` lists. ``closest`` is the baseline with the smallest mean distance
+    (at n = 0 every predictor says 0: a tie, resolved to the first name).
     """
     model = model_pred.detach().cpu().double()
     preds = {name: p.detach().cpu().double() for name, p in baseline_preds.items()}
+    preds[ZERO] = torch.zeros_like(model)
     groups: dict[str, Any] = {}
     for g, mask in sequence_groups(batch).items():
         mask = mask.cpu()
         dist = {name: curve_ci((model[mask] - p[mask]) ** 2) for name, p in preds.items()}
-        spread = ({name: curve_ci((preds[REFERENCE][mask] - p[mask]) ** 2) for name, p in preds.items() if name != REFERENCE}
-                  if REFERENCE in preds else {})
+        others = [name for name in preds if name not in (REFERENCE, ZERO)] if REFERENCE in preds else []
+        spread = {name: curve_ci((preds[REFERENCE][mask] - preds[name][mask]) ** 2) for name in others}
         means = torch.tensor([dist[name]["mean"] for name in preds])  # [K, N]
         closest = [list(preds)[k] for k in means.argmin(0).tolist()]
         groups[g] = {"sequences": int(mask.sum()), "distance": dist, "baseline_to_reference": spread, "closest": closest}
-    return {"N": model.shape[1], "sees": {name: baseline_sees(name, default="other") for name in preds}, "groups": groups}
+    sees = {name: "null" if name == ZERO else baseline_sees(name, default="other") for name in preds}
+    return {"N": model.shape[1], "sees": sees, "groups": groups}
 
 
 @torch.no_grad()
@@ -66,9 +73,10 @@ def agreement_figure(result: dict[str, Any]):
         lows = []
         for i, (name, c) in enumerate(res["distance"].items()):
             n = range(len(c["mean"]))
-            style = ":" if result["sees"][name] == "latent" else "-"
-            ax.plot(n, c["mean"], style, color=cmap(i % 10), lw=1.4, label=name)
-            ax.fill_between(n, c["ci_low"], c["ci_high"], color=cmap(i % 10), alpha=0.15, lw=0)
+            style = {"latent": ":", "null": "--"}.get(result["sees"][name], "-")
+            color = "gray" if name == ZERO else cmap(i % 10)
+            ax.plot(n, c["mean"], style, color=color, lw=1.4, label=name)
+            ax.fill_between(n, c["ci_low"], c["ci_high"], color=color, alpha=0.15, lw=0)
             lows += [v for v in c["mean"] if v > 0]
         ax.set_yscale("log")
         if lows:
@@ -78,7 +86,8 @@ def agreement_figure(result: dict[str, Any]):
         ax.set_title(f"{g} ({res['sequences']} sequences)", fontsize=10)
     axes[0][0].set_ylabel("mean (model − baseline)²")
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle("Algorithm agreement: which estimator the model tracks (95% CI bands; dotted = sees latent σ/type)",
+    fig.suptitle("Algorithm agreement: which estimator the model tracks (95% CI bands; dotted = sees latent σ/type; "
+                 "gray dashed = the null ŷ = 0)",
                  fontsize=10)
     fig.tight_layout()
     return fig
