@@ -204,3 +204,28 @@ def test_make_raw_baselines_on_the_real_tasks():
         assert torch.equal(preds["bayes_posterior_mixture"](batch), want)
         for fn in preds.values():
             assert fn(batch).shape == batch.target.shape
+
+
+def test_ridge_filter_in_chunks_equals_one_pass(monkeypatch):
+    import selectlens.baselines.raw as raw
+
+    b = _sample(37, 6, 3, seed=13)
+    lam = torch.rand(37, 2, dtype=torch.float64) + 0.1
+    whole = ridge_filter(b.x, b.y, lam)
+    calls = []
+    inner = raw._ridge_filter_chunk
+    monkeypatch.setattr(raw, "_ridge_filter_chunk", lambda *a: calls.append(1) or inner(*a))
+    monkeypatch.setattr(raw, "_CHUNK_ELEMENTS", 10 * 2 * 9)  # chunks of 10 sequences (K = 2, d = 3)
+    parts = raw.ridge_filter(b.x, b.y, lam)
+    assert len(calls) == 4
+    for a, c in zip(whole, parts):
+        assert torch.allclose(a, c, rtol=0, atol=1e-13)
+
+
+def test_least_squares_in_chunks_equals_one_pass(monkeypatch):
+    import selectlens.baselines.raw as raw
+
+    b = _sample(23, 7, 3, seed=14)
+    whole = least_squares(b.x, b.y)
+    monkeypatch.setattr(raw, "_CHUNK_ELEMENTS", 5 * 7 * 9)  # chunks of 5 sequences
+    assert torch.equal(raw.least_squares(b.x, b.y), whole)

@@ -76,6 +76,9 @@ def _f64(t: Tensor) -> Tensor:
     return t.to(torch.float64)
 
 
+_CHUNK_ELEMENTS = 1 << 23  # float64 elements of A⁻¹ per chunk (64 MiB)
+
+
 def ridge_filter(x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Ridge regression (no intercept) on every prefix, for several penalties at once.
 
@@ -89,7 +92,20 @@ def ridge_filter(x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Ten
         ``pred [B, N, K]``: ``x_nᵀ A⁻¹ XᵀY`` (0 at n = 0);
         ``rss [B, N, K]``: ``‖Y‖² − YᵀX A⁻¹ XᵀY`` (= min_w ‖Y − Xw‖² + λ‖w‖²);
         ``logdet [B, N, K]``: ``log det(I_d + XᵀX/λ)``. All float64.
+
+    Sequences are processed ``chunk`` at a time, so ``A⁻¹ [K, d, d, chunk]`` stays under ~64 MiB.
     """
+    B, _, d = x.shape
+    K = lam.shape[-1] if lam.dim() == 2 else lam.numel()
+    chunk = max(1, _CHUNK_ELEMENTS // (K * d * d))
+    if B <= chunk:
+        return _ridge_filter_chunk(x, y, lam)
+    parts = [_ridge_filter_chunk(x[i : i + chunk], y[i : i + chunk], lam if lam.dim() == 1 else lam[i : i + chunk])
+             for i in range(0, B, chunk)]
+    return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
+
+
+def _ridge_filter_chunk(x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     B, N, d = x.shape
     X = _f64(x).permute(1, 2, 0).contiguous()  # [N, d, B]: batch last, so every op is a long vector op
     Y = _f64(y).T.contiguous()  # [N, B]
@@ -149,8 +165,14 @@ def least_squares(x: Tensor, y: Tensor) -> Tensor:
     For n ≥ d it solves the normal equations ``XᵀX β = XᵀY`` (cumulative sums); for n < d,
     where XᵀX is singular, the kernel form ``x_nᵀ Xᵀ (XXᵀ)⁻¹ Y`` over the n × n Gram matrix,
     which is the minimum-norm solution whenever X has full row rank (almost surely for
-    continuous x). Prefix n = 0 predicts 0.
+    continuous x). Prefix n = 0 predicts 0. Sequences go ``chunk`` at a time (bounded memory).
     """
+    B, N, d = x.shape
+    chunk = max(1, _CHUNK_ELEMENTS // (N * d * d))
+    return torch.cat([_least_squares_chunk(x[i : i + chunk], y[i : i + chunk]) for i in range(0, B, chunk)])
+
+
+def _least_squares_chunk(x: Tensor, y: Tensor) -> Tensor:
     X, Y = _f64(x), _f64(y)
     B, N, d = X.shape
     out = X.new_zeros(B, N)
