@@ -262,6 +262,41 @@ def export_tl(run, out, force) -> None:
     click.echo(f"exported to {folder}; TransformerBridge.boot_transformers('{folder}') boots it offline")
 
 
+@cli.command()
+@click.argument("spec_file", required=False, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Sweep directory (trials go to OUT/trials/<name>).")
+@click.option("--resume", is_flag=True, help="Continue the sweep in --out: done trials are kept, the others continue.")
+@click.option("--force", is_flag=True, help="Replace an existing sweep directory.")
+@click.option("--address", default=None, help="An existing Ray cluster: auto or HOST:PORT (default: start a local Ray).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="At most this many trials at once.")
+def sweep(spec_file, out, resume, force, address, max_concurrent) -> None:
+    """Run a sweep spec (base config, overrides, grid, seeds, resources, stages) on Ray Tune."""
+    from selectlens.sweeps import load_spec, run_sweep
+
+    if resume and force:
+        raise click.UsageError("--resume and --force exclude each other")
+    if spec_file is None and not resume:
+        raise click.UsageError("give a SPEC_FILE (or --resume an existing sweep)")
+    spec = load_spec(spec_file) if spec_file is not None else None
+    result = run_sweep(spec, out, resume=resume, force=force, address=address, max_concurrent=max_concurrent,
+                       echo=lambda line: click.echo(line))
+    click.echo(f"sweep finished: {result.count('done')} done, {result.count('failed')} failed of "
+               f"{len(result.statuses)}; summary: {result.sweep_dir / 'summary.md'}")
+    if result.count("failed"):
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("sweep-report")
+@click.argument("sweep_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="HTML file (default: SWEEP_DIR/report.html).")
+def sweep_report(sweep_dir, out) -> None:
+    """Summary tables and plots of each metric against each swept key, as one offline HTML page."""
+    from selectlens.sweeps.report import write_sweep_report
+
+    path = write_sweep_report(sweep_dir, out)
+    click.echo(f"report: {path}")
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks against reference implementations, measured in the same run."""

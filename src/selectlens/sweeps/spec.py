@@ -1,0 +1,226 @@
+"""Sweep specs: a base config, overrides, a grid of dotted keys, seeds, per-trial resources, stages.
+
+A spec is a YAML mapping::
+
+    base: default                  # a preset name or a config file (relative to the spec's folder)
+    set: {training.epochs: 40}     # overrides applied to every trial (``--set`` semantics)
+    grid: {data.N: [6, 11, 21, 41]}
+    seeds: [0, 1]
+    resources: {cpus: 1, gpus: 0}  # per trial; gpus may be a fraction (0.25 = four trials per GPU)
+    stages: [train, eval]          # train → eval; interpret optional
+
+The grid's Cartesian product times the seeds gives the trials. Every trial's
+config is built and validated here, before anything runs, so an unknown key or
+a value the config refuses is one :class:`SpecError` line naming the trial.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selectlens.config import Config, ConfigError, apply_overrides, config_from_dict, read_yaml, resolve_config_path
+from selectlens.errors import InputError
+
+SPEC_KEYS = ("base", "set", "grid", "seeds", "resources", "stages")
+STAGES = ("train", "eval", "interpret")
+RESOURCE_KEYS = ("cpus", "gpus")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+
+
+class SpecError(InputError):
+    """A sweep spec that cannot run, phrased as one line."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of a sweep: its directory name, grid point, seed and validated config."""
+
+    name: str
+    point: dict[str, Any]  # grid key → value
+    seed: int
+    config: Config
+
+    @property
+    def overrides(self) -> list[str]:
+        """The ``--set`` overrides this trial adds to the spec's base (grid point and seed)."""
+        return [f"{k}={json.dumps(v)}" for k, v in self.point.items()] + [f"seed={self.seed}"]
+
+
+@dataclass
+class SweepSpec:
+    """A parsed, validated sweep spec (see the module docstring)."""
+
+    base: str
+    overrides: dict[str, Any]
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    cpus: float = 1.0
+    gpus: float = 0.0
+    stages: list[str] = field(default_factory=lambda: ["train", "eval"])
+    base_dir: Path = Path(".")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as written back to ``DIR/spec.yaml`` (base made absolute, so it resumes from anywhere)."""
+        return {
+            "base": str(_base_path(self.base, self.base_dir)),
+            "set": dict(self.overrides),
+            "grid": {k: list(v) for k, v in self.grid.items()},
+            "seeds": list(self.seeds),
+            "resources": {"cpus": self.cpus, "gpus": self.gpus},
+            "stages": list(self.stages),
+        }
+
+    def base_raw(self) -> dict[str, Any]:
+        """The base config mapping with the spec's ``set`` overrides applied."""
+        raw = read_yaml(_base_path(self.base, self.base_dir))
+        return apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in self.overrides.items()])
+
+    def trials(self) -> list[Trial]:
+        """Every trial, in grid order then seed order; each config validated (one line naming the trial)."""
+        try:
+            raw = self.base_raw()
+        except ConfigError as e:
+            raise SpecError(f"spec base/set: {e}") from None
+        out: list[Trial] = []
+        keys = list(self.grid)
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            point = dict(zip(keys, values))
+            for seed in self.seeds:
+                name = trial_name(point, seed)
+                try:
+                    overrides = [f"{k}={json.dumps(v)}" for k, v in point.items()] + [f"seed={seed}"]
+                    cfg = config_from_dict(apply_overrides(raw, overrides))
+                except ConfigError as e:
+                    raise SpecError(f"trial {name}: {e}") from None
+                out.append(Trial(name, point, seed, cfg))
+        names = [t.name for t in out]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise SpecError(f"two trials share the name {dup}: grid values must differ after making them file names")
+        return out
+
+
+def _base_path(base: str, base_dir: Path) -> Path:
+    p = Path(base)
+    if not p.is_absolute() and (base_dir / p).exists():
+        p = base_dir / p
+    try:
+        return resolve_config_path(p).resolve()
+    except ConfigError as e:
+        raise SpecError(f"spec base: {e}") from None
+
+
+def _value_text(v: Any) -> str:
+    text = json.dumps(v, separators=(",", ":")) if not isinstance(v, str) else v
+    return _UNSAFE.sub("_", text).strip("_") or "_"
+
+
+def trial_name(point: dict[str, Any], seed: int) -> str:
+    """A readable, file-safe directory name: ``data.N=6_seed=0``."""
+    parts = [f"{_UNSAFE.sub('_', k)}={_value_text(v)}" for k, v in point.items()]
+    return "_".join(parts + [f"seed={seed}"])
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a spec file; every problem is one :class:`SpecError` line."""
+    p = Path(path)
+    try:
+        raw = read_yaml(p)
+    except ConfigError as e:
+        raise SpecError(str(e).replace("config", "sweep spec", 1)) from None
+    return parse_spec(raw, base_dir=p.parent)
+
+
+def parse_spec(raw: Any, *, base_dir: Path = Path(".")) -> SweepSpec:
+    """Validate a spec mapping (types, keys, stages, resources); trial configs are checked by ``trials()``."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"sweep spec must be a mapping, got {type(raw).__name__}")
+    unknown = [str(k) for k in raw if k not in SPEC_KEYS]
+    if unknown:
+        raise SpecError(f"unknown sweep spec key {unknown[0]!r} (known: {', '.join(SPEC_KEYS)})")
+    base = raw.get("base", "default")
+    if not isinstance(base, str) or not base:
+        raise SpecError("spec key base must be a preset name or a config path")
+    overrides = _mapping(raw.get("set"), "set")
+    grid = _mapping(raw.get("grid"), "grid")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"spec grid.{key} must be a non-empty list of values")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise SpecError(f"spec grid.{key} repeats a value")
+        if key == "seed":
+            raise SpecError("spec grid.seed: list seeds under the key seeds")
+    seeds = _seeds(raw.get("seeds", [0]))
+    cpus, gpus = _resources(raw.get("resources"))
+    stages = _stages(raw.get("stages", ["train", "eval"]))
+    spec = SweepSpec(base, overrides, grid, seeds, cpus, gpus, stages, base_dir)
+    _base_path(base, base_dir)
+    return spec
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"spec key {what} must be a mapping of dotted config keys, got {type(value).__name__}")
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not k or any(not part for part in k.split(".")):
+            raise SpecError(f"spec {what}: {k!r} is not a dotted config key")
+        out[k] = v
+    return out
+
+
+def _seeds(value: Any) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise SpecError("spec key seeds must be a non-empty list of integers >= 0")
+    for s in value:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise SpecError(f"spec seeds: {s!r} is not an integer >= 0")
+    if len(set(value)) != len(value):
+        raise SpecError("spec seeds repeat a value")
+    return list(value)
+
+
+def _resources(value: Any) -> tuple[float, float]:
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise SpecError("spec key resources must be a mapping like {cpus: 1, gpus: 0}")
+    unknown = [str(k) for k in value if k not in RESOURCE_KEYS]
+    if unknown:
+        raise SpecError(f"unknown spec resources key {unknown[0]!r} (known: cpus, gpus)")
+    out = []
+    for key, default, lowest in (("cpus", 1, 1e-9), ("gpus", 0, 0)):
+        v = value.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lowest:
+            raise SpecError(f"spec resources.{key} must be a number {'> 0' if lowest else '>= 0'} (got {v!r})")
+        if v > 1 and v != int(v):
+            raise SpecError(f"spec resources.{key}: a fraction only below 1 (got {v!r})")
+        out.append(float(v))
+    return out[0], out[1]
+
+
+def _stages(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"spec key stages must be a list from {', '.join(STAGES)}")
+    bad = [s for s in value if s not in STAGES]
+    if bad:
+        raise SpecError(f"spec stages: unknown stage {bad[0]!r} (known: {', '.join(STAGES)})")
+    chosen = [s for s in STAGES if s in value]
+    if chosen[0] != "train" or chosen != list(STAGES[: len(chosen)]):
+        raise SpecError("spec stages must be train, train+eval or train+eval+interpret")
+    return chosen
+
+
+def spec_yaml(spec: SweepSpec) -> str:
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)
