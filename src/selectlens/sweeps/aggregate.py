@@ -154,15 +154,11 @@ def _ci(lo: float, hi: float, signed: bool = False) -> str:
     return f"[{f.format(lo)}, {f.format(hi)}]"
 
 
-def summary_markdown(data: dict[str, Any], groups: list[dict[str, Any]]) -> str:
-    """Per-trial table with paired CIs, then the grouped table with across-seed t-intervals."""
+def trial_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the per-trial table (model MSE with its CI, gaps with paired CIs)."""
     keys, shown = data["keys"], shown_baselines(data)
-    lines = ["# Sweep summary", "",
-             "Gap = baseline − model on the same held-out sequences (positive: the model is better).", "",
-             "## Trials", "",
-             "| trial | " + " | ".join(keys + ["seed", "status", "model MSE [95% CI]"])
-             + "".join(f" | gap to {b} [paired 95% CI]" for b in shown) + " |",
-             "|" + "---|" * (len(keys) + 4 + len(shown))]
+    head = ["trial"] + keys + ["seed", "status", "model MSE [95% CI]"] + [f"gap to {b} [paired 95% CI]" for b in shown]
+    rows = []
     for r in data["rows"]:
         cells = [r["trial"]] + [str(r[k]) for k in keys] + [str(r["seed"]), _status_text(r)]
         if "model_mse" in r:
@@ -171,16 +167,37 @@ def summary_markdown(data: dict[str, Any], groups: list[dict[str, Any]]) -> str:
                       if f"{b}_gap" in r else "—" for b in shown]
         else:
             cells += ["missing"] + ["—"] * len(shown)
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines += ["", "## Per grid point: mean across seeds [95% t-interval across seeds]", "",
-              "| " + " | ".join(keys + ["seeds", "model MSE"] + [f"gap to {b}" for b in shown] + ["missing"]) + " |",
-              "|" + "---|" * (len(keys) + 3 + len(shown))]
+        rows.append(cells)
+    return head, rows
+
+
+def group_table(data: dict[str, Any], groups: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the grouped table (means across seeds with t-intervals, missing trials)."""
+    keys, shown = data["keys"], shown_baselines(data)
+    head = keys + ["seeds", "model MSE"] + [f"gap to {b}" for b in shown] + ["missing"]
+    rows = []
     for g in groups:
         cells = [str(g[k]) for k in keys] + [str(g["n"])]
         cells.append(f"{_num(g['model_mse'])} {_ci(g['model_mse_t_low'], g['model_mse_t_high'])}")
-        cells += [f"{_num(g[f'{b}_gap'])} {_ci(g[f'{b}_gap_t_low'], g[f'{b}_gap_t_high'], True)}" for b in shown]
+        cells += [f"{_num(g.get(f'{b}_gap', math.nan))} {_ci(g.get(f'{b}_gap_t_low', math.nan), g.get(f'{b}_gap_t_high', math.nan), True)}"
+                  for b in shown]
         cells.append(", ".join(g["missing"]) or "—")
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        rows.append(cells)
+    return head, rows
+
+
+def _md(head: list[str], rows: list[list[str]]) -> list[str]:
+    esc = [[c.replace("|", "\\|") for c in r] for r in [head] + rows]
+    return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
+
+
+def summary_markdown(data: dict[str, Any], groups: list[dict[str, Any]]) -> str:
+    """Per-trial table with paired CIs, then the grouped table with across-seed t-intervals."""
+    lines = ["# Sweep summary", "",
+             "Gap = baseline − model on the same held-out sequences (positive: the model is better).", "",
+             "## Trials", "", *_md(*trial_table(data)), "",
+             "## Per grid point: mean across seeds [95% t-interval across seeds]", "",
+             *_md(*group_table(data, groups))]
     return "\n".join(lines) + "\n"
 
 
