@@ -402,6 +402,23 @@ def bench_baselines(task, d, N, noise_levels, device, sequences, reference_seque
     click.echo(f"  max |ours − reference| : {result['max_abs_diff']:.2e}")
 
 
+@bench.command("sweep")
+@click.option("--trials", type=click.IntRange(min=1), default=8, help="Tiny trials on each side.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_sweep(trials, as_json) -> None:
+    """Wall time of tiny trials through Ray Tune (local Ray start-up included) vs. sequential `selectlens train` runs."""
+    from selectlens.sweeps.bench import bench_sweep as run
+
+    result = run(trials=trials)
+    if as_json:
+        _emit_json(result)
+        return
+    click.echo(f"{result['trials']} tiny trials (train only), {result['cpus']} CPUs, {result['cpus_per_trial']:g} CPU per trial")
+    click.echo(f"  ray tune        : {result['ray_s']:>8.1f} s (local Ray start and stop included)")
+    click.echo(f"  sequential CLI  : {result['cli_s']:>8.1f} s ({result['trials']} `selectlens train` processes)")
+    click.echo(f"  ratio CLI / Ray : {result['ratio']:>8.2f}x; identical metrics.jsonl: {result['identical_metrics']}")
+
+
 def _one_line(message: str) -> str:
     """Control characters from user input (a path with a newline, say) are shown escaped."""
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(message))

@@ -1,0 +1,291 @@
+"""Sweeps on a real local Ray (``ray.init(num_cpus=2)``, shared by the module): a 2×2 grid × 2 seeds,
+equality with standalone runs, a failing trial, SIGKILL of the driver + ``--resume``, the aggregation
+against scipy, spec validation (also fuzzed) and the sweep report in headless Chromium."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import ROOT, run_cli
+from selectlens.cli import main
+from selectlens.errors import InputError
+from selectlens.sweeps import SpecError, load_spec, parse_spec, run_sweep
+
+ray = pytest.importorskip("ray")
+
+TINY = {"data.train_samp_per_class": 400, "training.epochs": 2, "training.batch_size": 64,
+        "eval.sequences": 500, "eval.temperature_sequences": 200, "model.n_embd": 16, "model.n_layer": 1}
+
+
+def write_spec(path: Path, **spec) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(ray_session, tmp_path_factory):
+    """The 2×2 grid × 2 seeds, run once for the module."""
+    tmp = tmp_path_factory.mktemp("grid")
+    spec = write_spec(tmp / "grid.yaml", base="default", set=TINY,
+                      grid={"model.n_head": [1, 2], "training.lr": [0.002, 0.004]}, seeds=[0, 1], resources={"cpus": 1})
+    lines = []
+    result = run_sweep(load_spec(spec), tmp / "sweep", echo=lines.append)
+    return tmp / "sweep", result, lines
+
+
+def test_grid_sweep_runs_every_trial_and_reports_progress(grid_sweep):
+    out, result, lines = grid_sweep
+    assert result.count("done") == 8 and len(result.statuses) == 8
+    names = sorted(p.name for p in (out / "trials").iterdir())
+    assert names == sorted(result.statuses)
+    assert "model.n_head=2_training.lr=0.004_seed=1" in names
+    for name in names:
+        for f in ("config.json", "metrics.jsonl", "model.safetensors", "eval.json"):
+            assert (out / "trials" / name / f).exists(), (name, f)
+    changes = [ln for ln in lines if ln.startswith("[")]
+    assert len(changes) == 16  # running + done per trial
+    assert changes[-1].startswith("[done 8 / running 0 / pending 0 / failed 0]")
+
+
+def test_trial_equals_standalone_train_and_eval(grid_sweep, tmp_path):
+    out, _, _ = grid_sweep
+    name = "model.n_head=2_training.lr=0.004_seed=1"
+    run = tmp_path / "standalone"
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    base = [sys.executable, "-m", "selectlens.cli"]
+    res = subprocess.run(base + ["train", "--out", str(run), "--seed", "1", "--quiet", "--set", "model.n_head=2",
+                                 "--set", "training.lr=0.004", *sets], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run(base + ["eval", "--run", str(run), "--json"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    trial = out / "trials" / name
+    assert (trial / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    assert json.loads((trial / "config.json").read_text()) == json.loads((run / "config.json").read_text())
+    assert json.loads((trial / "eval.json").read_text()) == json.loads((run / "eval.json").read_text())
+
+
+def test_summary_rows_and_t_intervals_match_scipy(grid_sweep):
+    import csv
+
+    from scipy import stats
+
+    out, _, _ = grid_sweep
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 8
+    by_point = {}
+    for r in rows:
+        ev = json.loads((out / "trials" / r["trial"] / "eval.json").read_text())
+        cv = ev["predictors"]["context_validation_select"]
+        assert float(r["model_mse"]) == pytest.approx(ev["predictors"]["model"]["mse"], rel=1e-12)
+        assert float(r["context_validation_select_gap"]) == pytest.approx(cv["mse"] - ev["predictors"]["model"]["mse"], abs=1e-9)
+        assert float(r["context_validation_select_gap_ci_low"]) == pytest.approx(cv["paired_diff_ci"][0])
+        by_point.setdefault((r["model.n_head"], r["training.lr"]), []).append(float(r["context_validation_select_gap"]))
+    grouped = list(csv.DictReader((out / "summary_grouped.csv").open()))
+    assert len(grouped) == 4
+    for g in grouped:
+        vals = np.array(by_point[(g["model.n_head"], g["training.lr"])])
+        lo, hi = stats.t.interval(0.95, len(vals) - 1, loc=vals.mean(), scale=stats.sem(vals))
+        assert int(g["n"]) == 2
+        assert float(g["context_validation_select_gap"]) == pytest.approx(vals.mean())
+        assert float(g["context_validation_select_gap_t_low"]) == pytest.approx(lo)
+        assert float(g["context_validation_select_gap_t_high"]) == pytest.approx(hi)
+    md = (out / "summary.md").read_text()
+    assert "t-interval across seeds" in md and md.count("\n| model.n_head=") == 8
+
+
+def test_failing_trial_does_not_stop_the_others(ray_session, tmp_path):
+    # lr = 1e30 passes config validation but the loss turns non-finite in the first epoch
+    spec = write_spec(tmp_path / "fail.yaml", set=TINY, grid={"training.lr": [0.002, 1.0e30]}, seeds=[0],
+                      stages=["train", "eval"])
+    lines = []
+    result = run_sweep(load_spec(spec), tmp_path / "sweep", echo=lines.append)
+    assert result.statuses["training.lr=0.002_seed=0"]["status"] == "done"
+    bad = result.statuses["training.lr=1e+30_seed=0"]
+    assert bad["status"] == "failed" and "non-finite loss" in bad["error"]
+    failed_line = next(ln for ln in lines if ln.endswith(bad["error"]))
+    assert "training.lr=1e+30_seed=0: failed: non-finite loss" in failed_line
+    md = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "missing" in md and "training.lr=1e+30_seed=0" in md.split("## Per grid point")[1]
+
+
+def _checkpointed(out: Path) -> bool:
+    return any((out / "trials").glob("*/checkpoints/epoch_000004"))
+
+
+def test_sigkill_driver_then_resume_equals_uninterrupted(ray_session, tmp_path):
+    """The driver (its own process group, connected with --address) is SIGKILLed once a trial has
+    checkpoints; --resume finishes the sweep and every trial equals an uninterrupted run."""
+    from selectlens.config import load_config
+    from selectlens.train import train
+
+    longer = dict(TINY, **{"training.epochs": 14, "training.save_every_epochs": 2, "data.train_samp_per_class": 1200})
+    spec = write_spec(tmp_path / "kill.yaml", set=longer, seeds=[3, 4], stages=["train"])
+    out = tmp_path / "sweep"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "selectlens.cli", "sweep", str(spec), "--out", str(out), "--address", ray_session]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _checkpointed(out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    states = [json.loads(p.read_text())["status"] for p in (out / "state").glob("*.json")]
+    assert "running" in states  # killed mid-sweep
+    res = run_cli("sweep", "--resume", "--out", str(out), "--address", ray_session)
+    assert res.returncode == 0, res.stderr
+    assert "sweep finished: 2 done, 0 failed of 2" in res.stdout
+    import torch
+    from safetensors.torch import load_file
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial (resources.cpus = 1)
+    try:
+        for seed in (3, 4):
+            cfg = load_config("default", [f"{k}={v}" for k, v in longer.items()] + [f"seed={seed}"])
+            train(cfg, tmp_path / f"ref{seed}", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    for seed in (3, 4):
+        ref = tmp_path / f"ref{seed}"
+        trial = out / "trials" / f"seed={seed}"
+        assert (trial / "metrics.jsonl").read_bytes() == (ref / "metrics.jsonl").read_bytes()
+        got, want = load_file(trial / "model.safetensors"), load_file(ref / "model.safetensors")
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)  # bitwise
+    again = run_cli("sweep", "--resume", "--out", str(out), "--address", ray_session)
+    assert again.returncode == 0 and "2 done, 0 to run" in again.stdout  # finished trials are not rerun
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"grid": {"data.NN": [5, 6]}}, "trial data.NN=5_seed=0: unknown config key data.NN (did you mean data.N?)"),
+    ({"grid": {"data.N": [5, 1]}}, "trial data.N=1_seed=0: config key data.N: Input should be greater than or equal to 2"),
+    ({"set": {"training.lr": -1}}, "trial seed=0: config key training.lr: Input should be greater than 0"),
+    ({"sets": {}}, "unknown sweep spec key 'sets'"),
+    ({"seeds": [0, -1]}, "spec seeds: -1 is not an integer >= 0"),
+    ({"seeds": []}, "spec key seeds must be a non-empty list"),
+    ({"resources": {"gpu": 1}}, "unknown spec resources key 'gpu'"),
+    ({"resources": {"cpus": 0}}, "spec resources.cpus must be a number > 0"),
+    ({"stages": ["eval"]}, "spec stages must be train, train+eval or train+eval+interpret"),
+    ({"stages": ["train", "plot"]}, "unknown stage 'plot'"),
+    ({"grid": {"data.N": []}}, "spec grid.data.N must be a non-empty list"),
+    ({"grid": {"data.N": [5, 5]}}, "spec grid.data.N repeats a value"),
+    ({"base": "nosuchpreset"}, "config file not found"),
+])
+def test_bad_specs_are_refused_before_anything_runs(tmp_path, capsys, spec, message):
+    path = write_spec(tmp_path / "s.yaml", **spec)
+    code = main(["sweep", str(path), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_flags_and_directories(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", set=TINY)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep")
+    cases = [
+        (["sweep", str(spec), "--out", str(tmp_path / "full")], "sweep directory exists"),
+        (["sweep", "--resume", "--out", str(tmp_path / "full")], "is not a sweep directory"),
+        (["sweep", "--out", str(tmp_path / "o")], "give a SPEC_FILE"),
+        (["sweep", str(spec), "--out", str(tmp_path / "o"), "--max-concurrent", "0"], "--max-concurrent"),
+        (["sweep", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")], "not found"),
+        (["sweep-report", str(tmp_path / "full")], "is not a sweep directory"),
+    ]
+    for args, message in cases:
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "full" / "x").read_text() == "keep"
+
+
+def _spec_values():
+    scalar = st.one_of(st.integers(-3, 70), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                       st.text(max_size=6), st.none())
+    return st.one_of(scalar, st.lists(scalar, max_size=3))
+
+
+KEYS = st.sampled_from(["data.N", "data.d_d", "training.lr", "model.n_head", "model.n_embd", "seed", "data.x",
+                        "nope", "data.data_alphas", "training.epochs", "", "a..b"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(st.dictionaries(st.sampled_from(["base", "set", "grid", "seeds", "resources", "stages", "other"]),
+                       st.one_of(_spec_values(), st.dictionaries(KEYS, st.one_of(_spec_values(), st.lists(_spec_values(), max_size=3)),
+                                                                 max_size=3)), max_size=5))
+def test_fuzz_spec_parser_accepts_or_refuses_with_one_line(raw):
+    try:
+        spec = parse_spec(raw)
+        trials = spec.trials()
+    except SpecError as e:
+        assert "\n" not in str(e) and str(e)
+        return
+    except InputError as e:  # a base config that fails to load
+        assert "\n" not in str(e)
+        return
+    assert len(trials) == math.prod(len(v) for v in spec.grid.values()) * len(spec.seeds)
+    assert len({t.name for t in trials}) == len(trials)
+
+
+def test_sweep_report_in_headless_chromium_marks_missing_trials(grid_sweep, browser, tmp_path):
+    import shutil
+
+    out, _, _ = grid_sweep
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial, ignore=shutil.ignore_patterns(".ray"))
+    missing = "model.n_head=1_training.lr=0.002_seed=1"
+    (partial / "state" / f"{missing}.json").write_text(json.dumps({"status": "running", "stages_done": ["train"]}))
+    # a user string in a grid value must come out escaped
+    res = run_cli("sweep-report", str(partial))
+    assert res.returncode == 0, res.stderr
+    page = browser.new_page(viewport={"width": 1200, "height": 1400})
+    errors, requests = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto((partial / "report.html").as_uri())
+    page.wait_for_load_state("load")
+    assert page.locator("#plots img").count() >= 4  # model MSE and gaps vs each of the two keys
+    assert all(page.locator("#plots img").nth(i).evaluate("i => i.naturalWidth > 100") for i in range(4))
+    assert "7 of 8 trials finished; 1 missing" in page.locator("#status").inner_text()
+    row = page.locator("#trials tr.missing")
+    assert row.count() == 1 and missing in row.inner_text() and "running" in row.inner_text()
+    assert missing in page.locator("#grouped").inner_text()
+    assert not errors, errors
+    assert all(u.startswith(("file://", "data:")) for u in requests), requests
+    page.close()
+
+
+def test_sweep_report_escapes_user_strings(tmp_path):
+    from selectlens.sweeps.engine import create_sweep_dir
+    from selectlens.sweeps.report import write_sweep_report
+
+    spec = parse_spec({"set": TINY, "grid": {"wandb.notes": ["<script>alert(1)</script>", "a&b"]}, "seeds": [0]})
+    out = tmp_path / "s"
+    create_sweep_dir(out, spec, spec.trials())
+    text = write_sweep_report(out).read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text and "a&amp;b" in text
