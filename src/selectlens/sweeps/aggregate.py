@@ -21,7 +21,7 @@ from typing import Any
 from selectlens.fileio import atomic_write
 from selectlens.sweeps.trial import read_status, trial_dir
 
-REFERENCE_BASELINE = "context_validation_select"
+REFERENCE_BASELINES = ("context_validation_select", "bayes_posterior_mixture")  # shown first
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float]:
@@ -139,7 +139,7 @@ def _fmt_csv(v: Any) -> Any:
 def shown_baselines(data: dict[str, Any]) -> list[str]:
     """Baselines worth a column in the Markdown tables: the honest ones, not single candidates or oracles."""
     names = [b for b in data["baselines"] if b not in data["oracles"] and not b.startswith("candidate[")]
-    names.sort(key=lambda b: b != REFERENCE_BASELINE)
+    names.sort(key=lambda b: b not in REFERENCE_BASELINES)
     return names
 
 
