@@ -69,6 +69,10 @@ def interpret_run(
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run / "report"
     model, cfg = load_run_model(run, device=device)
+    if cfg.data.is_raw:  # interleaved (x, y) runs: their own analyses and page
+        from selectlens.interpret.raw_report import interpret_raw_run
+
+        return interpret_raw_run(run, out, model, cfg, sequences=sequences, device=device, progress=progress)
     task = make_task(cfg, device=device)
     kind = task.loss
     batch = heldout_batch(cfg, sequences, device)
