@@ -1,0 +1,150 @@
+"""Interpretability on raw-data (interleaved) runs: each analysis against an independent computation
+or a planted answer, and the report end to end in headless Chromium."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from selectlens.config import load_config
+from selectlens.interpret.raw_analyses import (
+    interleaved_content_features, least_squares_weights, paired_sigma_batches, probe_grid, raw_activation_patching,
+    role_blocks,
+)
+from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
+from selectlens.tasks import make_generator, make_task
+
+TINY = ["data.N=5", "data.d_d=2", "data.train_samp_per_class=300", "training.batch_size=50", "training.epochs=2",
+        "training.warmup_steps=0", "model.n_embd=16", "model.n_layer=2", "model.n_head=2", "eval.sequences=200"]
+
+
+def test_role_blocks_planted_and_uniform_null():
+    T = 6  # 3 pairs
+    uniform = np.tril(np.ones((T, T)))
+    uniform /= uniform.sum(-1, keepdims=True)
+    pats = np.broadcast_to(uniform, (1, 2, 1, T, T)).copy()  # [L, B, H, T, T]
+    blocks = role_blocks(pats)
+    # x-queries at 0, 2, 4 see 1/1, 2/3, 3/5 x-keys; y-queries always half.
+    assert float(blocks["null[x→x]"]) == pytest.approx(np.mean([1, 2 / 3, 3 / 5]))
+    assert float(blocks["null[y→x]"]) == pytest.approx(0.5)
+    for b in ("x→x", "x→y", "y→x", "y→y"):
+        assert blocks[b][0, 0] == pytest.approx(float(blocks[f"null[{b}]"]))
+    planted = np.zeros((1, 1, 1, T, T))
+    for q in range(T):
+        planted[0, 0, 0, q, q - 1 if q % 2 else q] = 1.0  # y-token looks at its x, x-token at itself
+    blocks = role_blocks(planted)
+    assert blocks["y→x"][0, 0] == 1.0 and blocks["y→y"][0, 0] == 0.0 and blocks["x→x"][0, 0] == 1.0
+
+
+def test_interleaved_content_features():
+    tokens = np.array([[[3.0, 4.0, 0.0], [0.0, 0.0, -2.0]]])
+    feats, names = interleaved_content_features(tokens, ["x0", "x1", "y"])
+    assert names == ["x0", "x1", "y", "‖x‖", "|y|"]
+    np.testing.assert_allclose(feats[0], [[3, 4, 0, 5, 0], [0, 0, -2, 0, 2]])
+
+
+def test_least_squares_weights_match_numpy_lstsq_on_every_prefix():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 7, 3, generator=g, dtype=torch.float64), torch.randn(3, 7, generator=g, dtype=torch.float64)
+    w = least_squares_weights(x, y)
+    assert w.shape == (3, 7, 3) and torch.all(w[:, 0] == 0)
+    for b in range(3):
+        for n in range(1, 7):  # n < d: numpy's lstsq is the minimum-norm solution too
+            ref = np.linalg.lstsq(x[b, :n].numpy(), y[b, :n].numpy(), rcond=None)[0]
+            np.testing.assert_allclose(w[b, n].numpy(), ref, atol=1e-9)
+
+
+def test_probe_grid_finds_planted_signal_and_its_null_does_not():
+    rng = np.random.default_rng(0)
+    B, N, D = 400, 3, 8
+    w = rng.normal(size=(B, 2))
+    resid = rng.normal(size=(2, B, N, D))
+    resid[1, :, :, :2] += 3 * w[:, None, :]  # layer 1 holds w linearly, layer 0 does not
+    scores, null = probe_grid(resid, w, "r2", seed=0)
+    assert scores.shape == (2, N, 2)
+    assert scores[1].min() > 0.85 and scores[0].max() < 0.1 and null.max() < 0.1
+    labels = (w[:, 0] > 0).astype(int)
+    acc, acc_null = probe_grid(resid, labels, "accuracy", seed=0)
+    assert acc[1].min() > 0.8 and acc[0].max() < 0.65 and acc_null.max() < 0.65  # sign of 3w₀ + noise: ≈ 0.9
+
+
+def test_paired_sigma_batches_differ_only_in_sigma():
+    cfg = load_config("mixed_noise_cpu", TINY + ["dtype=float64"])
+    clean, corrupt = paired_sigma_batches(make_task(cfg), 20, make_generator(0), 0.1, 0.5)
+    assert torch.equal(clean.x, corrupt.x) and torch.equal(clean.w, corrupt.w)
+    z_clean = (clean.y - (clean.x @ clean.w.unsqueeze(-1)).squeeze(-1) / np.sqrt(2)) / 0.1
+    z_corrupt = (corrupt.y - (corrupt.x @ corrupt.w.unsqueeze(-1)).squeeze(-1) / np.sqrt(2)) / 0.5
+    torch.testing.assert_close(z_clean, z_corrupt)
+    assert torch.all(clean.sigma == 0.1) and torch.all(corrupt.sigma == 0.5)
+
+
+def test_layer0_patching_equals_swapping_the_token():
+    """Patching resid_pre of block 0 at position t is the same as giving the corrupted run the clean token t."""
+    cfg = load_config("mixed_noise_cpu", TINY + ["dtype=float64"])
+    torch.manual_seed(0)
+    model = SelectionTransformer(ModelSpec.from_config(cfg)).double().eval()
+    clean, corrupt = paired_sigma_batches(make_task(cfg), 30, make_generator(1), 0.1, 0.5)
+    res = raw_activation_patching(model, clean, corrupt)
+    q = clean.tokens.shape[1] - 2
+    with torch.no_grad():
+        c, k = model(clean.tokens).raw[:, q], model(corrupt.tokens).raw[:, q]
+        for t in range(q + 1):
+            hybrid = corrupt.tokens.clone()
+            hybrid[:, t] = clean.tokens[:, t]
+            p = model(hybrid).raw[:, q]
+            expected = float(((p - k) * (c - k).sign()).mean() / (c - k).abs().mean())
+            assert res["resid_output"][0, t] == pytest.approx(expected, abs=1e-9)
+    assert res["resid_output"].shape == (2, q + 1) and res["head_output"].shape == (2, 2)
+    assert res["resid_output"][0, 0] == pytest.approx(0.0, abs=1e-9)  # x-token 0 is the same in both
+
+
+@pytest.fixture(scope="module")
+def raw_run(tmp_path_factory, cli_module):
+    run = tmp_path_factory.mktemp("raw") / "run"
+    args = ["run", "--config", "linear_or_logistic_cpu", "--out", str(run), "--quiet",
+            "--set", "wandb.name=<script>alert('x')</script>&amp;", "--set", "wandb.notes=<b>bold</b>"]
+    res = cli_module(*args, *[a for o in TINY for a in ("--set", o)])
+    assert res.returncode == 0, res.stderr
+    return run
+
+
+@pytest.fixture(scope="module")
+def cli_module():
+    from conftest import run_cli
+
+    return run_cli
+
+
+def test_raw_run_end_to_end_writes_every_artifact(raw_run):
+    report = raw_run / "report"
+    for name in ("training_curves", "context_length", "agreement", "attention_grid", "role_blocks", "probes",
+                 "patching", "patching_heads"):
+        assert (report / f"{name}.png").stat().st_size > 2000, name
+    numbers = json.loads((report / "interpret.json").read_text())
+    assert set(numbers["probes"]) == {"w", "sigma", "posterior", "least_squares_w", "task_type"}
+    assert np.array(numbers["probes"]["w"]["scores"]).shape == (3, 5)  # layers 0..2, x positions 0..4
+    assert np.array(numbers["attention"]["role_blocks"]["x→y"]).shape == (2, 2)
+    assert {r for h in numbers["attention"]["heads"] for r in h["roles"]} == {"x", "y"}
+    assert np.array(numbers["patching"]["resid_output"]).shape == (2, 9)
+    ev = json.loads((raw_run / "eval.json").read_text())
+    assert ev["layout"] == "interleaved" and numbers["eval"]["groups"].keys() == ev["groups"].keys()
+
+
+def test_raw_report_in_headless_chromium_escapes_strings(raw_run, browser):
+    page = browser.new_page(viewport={"width": 1200, "height": 1600})
+    errors, requests, dialogs = [], [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto((raw_run / "report" / "report.html").as_uri())
+    page.wait_for_load_state("load")
+    for section in ("training", "eval", "agreement", "attention", "probes", "patching", "config"):
+        assert page.locator(f"#{section} img, #{section} table").count() > 0, section
+    assert page.locator("#run-name").inner_text() == "<script>alert('x')</script>&amp;"
+    assert page.locator("#run-notes").inner_text() == "<b>bold</b>" and page.locator("#run-notes b").count() == 0
+    assert not dialogs and not errors, (dialogs, errors)
+    assert all(u.startswith(("file://", "data:")) for u in requests), requests
+    assert json.loads(page.locator("#report-numbers").inner_text())["task"] == "linear_or_logistic"
+    page.close()
