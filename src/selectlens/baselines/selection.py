@@ -6,49 +6,67 @@ classification). The trainer logs them every epoch and the evaluator tables
 them, so they live here, below both (``train`` and ``evaluate`` never import
 each other).
 
-Honest baselines see only what the transformer sees: the candidates'
-predictions and the N−1 visible labels. Oracles look at the answer and are
-named ``oracle_*``; the true-α candidate uses the latent label.
+Each predictor says what it sees (:func:`baseline_sees`):
+
+* ``honest`` — only what the transformer sees: the candidates' predictions and the N−1 visible labels;
+* ``latent`` — also the latent α (and, for the Bayes-matched ridge, x);
+* ``oracle`` — the answer itself (named ``oracle_*``);
+* ``bound`` — a reference no predictor of the tokens can beat in expectation (not a competitor).
+
+Everything a baseline fits (softmax temperatures, stacking penalties, the level
+thresholds, which honest baseline is best) is fitted on training-distribution
+data from its own seed streams, by the metric being reported
+(:func:`fit_selection_baselines`), never on the held-out set.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from selectlens.tasks.generators import TEMPERATURE_STREAM, Task, TaskBatch, make_generator, stream_seed
+from selectlens.baselines.bayes import bayes_full_information, bayes_matched_ridge, noise_floor_losses
+from selectlens.baselines.common import (
+    Predictor, candidate_predictions, context_errors, fit_log_grid, pick, pointwise_loss, visible,
+)
+from selectlens.baselines.stacking import StackingFit, context_stacking, fit_context_stacking
+from selectlens.tasks.generators import STACKING_STREAM, TEMPERATURE_STREAM, Task, TaskBatch, make_generator, stream_seed
 
-Predictor = Callable[[TaskBatch], Tensor]
-_EPS = 1e-7
+__all__ = [
+    "SEES", "SELECTION_BASELINE_SEES", "Predictor", "SelectionFit", "StackingFit", "baseline_sees",
+    "bayes_full_information", "bayes_matched_ridge", "candidate", "candidate_average", "candidate_predictions",
+    "context_errors", "context_softmax_ensemble", "context_stacking", "context_validation_select",
+    "fit_context_stacking", "fit_selection_baselines", "fit_softmax_temperature", "make_baselines",
+    "noise_floor_losses", "oracle_select", "oracle_softmax_ensemble", "oracle_softmax_ensemble_original",
+    "pointwise_loss", "training_temperature", "true_alpha_candidate", "visible",
+]
+
+SEES = ("honest", "latent", "oracle", "bound")
+SELECTION_BASELINE_SEES: dict[str, str] = {
+    "candidate_average": "honest",
+    "context_validation_select": "honest",
+    "context_softmax_ensemble": "honest",
+    "context_stacking": "honest",
+    "true_alpha_candidate": "latent",
+    "bayes_matched_ridge": "latent",
+    "oracle_select": "oracle",
+    "oracle_softmax_ensemble": "oracle",
+    "oracle_softmax_ensemble_original": "oracle",
+    "bayes_full_information": "bound",
+    "noise_floor": "bound",
+}
 
 
-def pointwise_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
-    """Elementwise loss: ``mse`` → squared error; ``bce`` → log loss of a probability."""
-    if kind == "mse":
-        return (pred - target) ** 2
-    if kind == "bce":
-        p = pred.clamp(_EPS, 1 - _EPS)
-        return -(target * p.log() + (1 - target) * (1 - p).log())
-    raise ValueError(f"unknown loss {kind!r}")
-
-
-def candidate_predictions(batch: TaskBatch) -> Tensor:
-    """``[B, K]`` every candidate's prediction at the last position."""
-    return batch.tokens[:, -1, :-1]
-
-
-def context_errors(batch: TaskBatch, kind: str) -> Tensor:
-    """``[B, K]`` each candidate's mean loss on the N−1 visible tokens."""
-    preds = batch.tokens[:, :-1, :-1]  # [B, N-1, K]
-    labels = batch.tokens[:, :-1, -1:]  # [B, N-1, 1]
-    return pointwise_loss(preds, labels, kind).mean(dim=1)
-
-
-def _pick(values: Tensor, index: Tensor) -> Tensor:
-    return values.gather(1, index.unsqueeze(1)).squeeze(1)
+def baseline_sees(name: str) -> str:
+    """What predictor ``name`` sees: ``honest``, ``latent``, ``oracle`` or ``bound`` (``model`` is honest)."""
+    if name == "model" or name.startswith("candidate["):
+        return "honest"
+    if name.startswith("oracle_"):
+        return "oracle"
+    return SELECTION_BASELINE_SEES[name]
 
 
 def candidate(k: int) -> Predictor:
@@ -60,8 +78,8 @@ def candidate_average(batch: TaskBatch) -> Tensor:
 
 
 def context_validation_select(kind: str) -> Predictor:
-    """The candidate with the lowest mean loss on the visible tokens."""
-    return lambda batch: _pick(candidate_predictions(batch), context_errors(batch, kind).argmin(dim=1))
+    """The candidate with the lowest mean loss (``kind``) on the visible tokens."""
+    return lambda batch: pick(candidate_predictions(batch), context_errors(batch, kind).argmin(dim=1))
 
 
 def context_softmax_ensemble(kind: str, temperature: float) -> Predictor:
@@ -75,50 +93,63 @@ def context_softmax_ensemble(kind: str, temperature: float) -> Predictor:
 
 
 def true_alpha_candidate(candidates: list[float]) -> Predictor:
-    """The candidate whose regularisation is closest (in log scale) to the sequence's latent α."""
+    """LATENT: the candidate whose regularisation is closest (in log scale) to the sequence's latent α."""
     logs = torch.tensor([math.log(c) for c in candidates])
 
     def predict(batch: TaskBatch) -> Tensor:
         dist = (batch.alpha.log().unsqueeze(1) - logs.to(batch.alpha).unsqueeze(0)).abs()
-        return _pick(candidate_predictions(batch), dist.argmin(dim=1))
+        return pick(candidate_predictions(batch), dist.argmin(dim=1))
 
     return predict
 
 
 def oracle_select(kind: str) -> Predictor:
-    """ORACLE: the candidate closest to the target, scored with the task's loss."""
+    """ORACLE: the candidate closest to the target, scored with ``kind``."""
 
     def predict(batch: TaskBatch) -> Tensor:
         preds = candidate_predictions(batch)
-        return _pick(preds, pointwise_loss(preds, batch.target.unsqueeze(1), kind).argmin(dim=1))
+        return pick(preds, pointwise_loss(preds, batch.target.unsqueeze(1), kind).argmin(dim=1))
 
     return predict
 
 
-def oracle_softmax_ensemble(batch: TaskBatch) -> Tensor:
-    """ORACLE: candidates weighted by ``softmax(−(ŷ_k − target)²)``, as in the original."""
-    preds = candidate_predictions(batch)
-    weights = torch.softmax(-((preds - batch.target.unsqueeze(1)) ** 2), dim=1)
-    return (weights * preds).sum(dim=1)
+def oracle_softmax_ensemble(kind: str, temperature: float) -> Predictor:
+    """ORACLE: candidates weighted by ``softmax(−loss(ŷ_k, target) / temperature)``."""
+
+    def predict(batch: TaskBatch) -> Tensor:
+        preds = candidate_predictions(batch)
+        weights = torch.softmax(-pointwise_loss(preds, batch.target.unsqueeze(1), kind) / temperature, dim=1)
+        return (weights * preds).sum(dim=1)
+
+    return predict
+
+
+def oracle_softmax_ensemble_original(batch: TaskBatch) -> Tensor:
+    """ORACLE: ``softmax(−(ŷ_k − target)²)`` at temperature 1, as in the original (nearly a plain average
+    when squared errors are far below 1)."""
+    return oracle_softmax_ensemble("mse", 1.0)(batch)
+
+
+def _fit_temperature(batch: TaskBatch, kind: str, scores: Tensor) -> float:
+    """The temperature T minimising the loss (``kind``) of ``softmax(−scores/T)``-weighted candidates on ``batch``."""
+    scores, preds, target = scores.double(), candidate_predictions(batch).double(), batch.target.double()
+
+    def loss(log_t: Tensor) -> Tensor:  # [G] -> [G]
+        w = torch.softmax(-scores.unsqueeze(0) / (10.0 ** log_t).view(-1, 1, 1), dim=2)
+        return pointwise_loss((w * preds.unsqueeze(0)).sum(-1), target.unsqueeze(0), kind).mean(dim=1)
+
+    return fit_log_grid(loss, -4.0, 3.0, 71, scores.device)
 
 
 def fit_softmax_temperature(batch: TaskBatch, kind: str) -> float:
-    """The temperature minimising the context-softmax ensemble's loss on ``batch`` (training data).
+    """The temperature minimising the context-softmax ensemble's loss on ``batch`` (training data):
+    a log-spaced grid over 1e-4…1e3 (step 0.1 in log10), refined on a 41-point grid around the best point."""
+    return _fit_temperature(batch, kind, context_errors(batch, kind))
 
-    A log-spaced grid over 1e-4…1e3, refined around the best point.
-    """
-    errors = context_errors(batch, kind).double()
-    preds = candidate_predictions(batch).double()
-    target = batch.target.double()
 
-    def loss(log_t: Tensor) -> Tensor:  # [G] -> [G]
-        w = torch.softmax(-errors.unsqueeze(0) / (10.0 ** log_t).view(-1, 1, 1), dim=2)
-        return pointwise_loss((w * preds.unsqueeze(0)).sum(-1), target.unsqueeze(0), kind).mean(dim=1)
-
-    grid = torch.linspace(-4, 3, 71, dtype=torch.float64, device=errors.device)
-    best = float(grid[loss(grid).argmin()])
-    fine = torch.linspace(best - 0.1, best + 0.1, 41, dtype=torch.float64, device=errors.device)
-    return float(10.0 ** fine[loss(fine).argmin()])
+def fit_oracle_temperature(batch: TaskBatch, kind: str) -> float:
+    """The temperature minimising the oracle softmax ensemble's loss on ``batch`` (training data)."""
+    return _fit_temperature(batch, kind, pointwise_loss(candidate_predictions(batch), batch.target.unsqueeze(1), kind))
 
 
 def training_temperature(task: Task, seed: int, sequences: int) -> float:
@@ -128,16 +159,72 @@ def training_temperature(task: Task, seed: int, sequences: int) -> float:
     return fit_softmax_temperature(batch, task.loss)
 
 
-def make_baselines(task: Task, temperature: float) -> dict[str, Predictor]:
-    """Every baseline for ``task``, by name; names starting with ``oracle_`` look at the answer."""
-    kind = task.loss
+@dataclass
+class SelectionFit:
+    """Everything the selection baselines fit on training data, for one reported metric."""
+
+    metric: str  # "mse" (squared error / Brier) or "bce" (log-loss)
+    temperature: float  # context softmax ensemble
+    oracle_temperature: float  # oracle softmax ensemble
+    stacking: StackingFit | None
+    best_honest: str = ""  # the honest baseline with the lowest loss on the fitting data
+    train_losses: dict[str, float] | None = None  # every honest baseline's loss on the fitting data
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d["stacking"] = self.stacking.as_dict() if self.stacking else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SelectionFit":
+        return cls(**{**d, "stacking": StackingFit.from_dict(d["stacking"]) if d.get("stacking") else None})
+
+
+def fit_selection_baselines(task: Task, seed: int, sequences: int, metric: str | None = None) -> SelectionFit:
+    """Fit every baseline's free parameters for a run seeded ``seed`` by ``metric`` (default: the task's
+    loss): the softmax temperatures on the temperature stream, the stacking baseline on the stacking
+    stream; then pick the best honest baseline by its loss on the stacking stream's sequences."""
+    metric = metric or task.loss
+    temp_batch = task.sample(sequences, make_generator(stream_seed(seed, TEMPERATURE_STREAM), task.device))
+    stack_batch = task.sample(sequences, make_generator(stream_seed(seed, STACKING_STREAM), task.device))
+    classification = task.loss == "bce"
+    fit = SelectionFit(
+        metric=metric,
+        temperature=fit_softmax_temperature(temp_batch, metric),
+        oracle_temperature=fit_oracle_temperature(temp_batch, metric),
+        stacking=fit_context_stacking(stack_batch, metric, classification=classification, candidates=task.candidates),
+    )
+    honest = {n: f for n, f in make_baselines(task, fit).items() if baseline_sees(n) == "honest"}
+    fit.train_losses = {n: float(pointwise_loss(f(stack_batch), stack_batch.target, metric).double().mean())
+                        for n, f in honest.items()}
+    fit.best_honest = min(fit.train_losses, key=fit.train_losses.get)
+    return fit
+
+
+def make_baselines(task: Task, fit: SelectionFit | float) -> dict[str, Predictor]:
+    """Every baseline for ``task``, by name, selecting and fitted by ``fit.metric``.
+
+    A bare float is taken as the context-softmax temperature of a fit without stacking (older runs);
+    the oracle softmax ensemble then uses the original temperature 1.
+    """
+    if not isinstance(fit, SelectionFit):
+        fit = SelectionFit(task.loss, float(fit), 1.0, None)
+    kind = fit.metric
     out: dict[str, Predictor] = {f"candidate[{c:g}]": candidate(k) for k, c in enumerate(task.candidates)}
     out.update({
         "candidate_average": candidate_average,
         "context_validation_select": context_validation_select(kind),
-        "context_softmax_ensemble": context_softmax_ensemble(kind, temperature),
-        "true_alpha_candidate": true_alpha_candidate(task.candidates),
+        "context_softmax_ensemble": context_softmax_ensemble(kind, fit.temperature),
+    })
+    if fit.stacking is not None:
+        out["context_stacking"] = context_stacking(fit.stacking)
+    out["true_alpha_candidate"] = true_alpha_candidate(task.candidates)
+    if task.loss == "mse":
+        out["bayes_matched_ridge"] = bayes_matched_ridge(task.data.noise_scale)
+        out["bayes_full_information"] = bayes_full_information(task.data.data_alphas, task.data.noise_scale)
+    out.update({
         "oracle_select": oracle_select(kind),
-        "oracle_softmax_ensemble": oracle_softmax_ensemble,
+        "oracle_softmax_ensemble": oracle_softmax_ensemble(kind, fit.oracle_temperature),
+        "oracle_softmax_ensemble_original": oracle_softmax_ensemble_original,
     })
     return out

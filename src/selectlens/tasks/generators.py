@@ -150,6 +150,7 @@ def make_task(config: Config, device: torch.device | str | None = None) -> Task 
 
 # Independent random streams derived from a config's seed.
 DATA_STREAM, SHUFFLE_STREAM, INIT_STREAM, TEMPERATURE_STREAM, EVAL_STREAM = 0, 1, 2, 3, 101
+STACKING_STREAM = 4  # training-distribution data for the stacking penalties and the best-honest choice
 
 
 def stream_seed(seed: int, stream: int) -> int:
