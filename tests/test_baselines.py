@@ -5,8 +5,8 @@ import torch
 
 from selectlens.baselines import (
     candidate_average, context_errors, context_softmax_ensemble, context_validation_select,
-    fit_softmax_temperature, make_baselines, oracle_select, oracle_softmax_ensemble, pointwise_loss,
-    true_alpha_candidate,
+    fit_softmax_temperature, make_baselines, oracle_select, oracle_softmax_ensemble, oracle_softmax_ensemble_original,
+    pointwise_loss, true_alpha_candidate,
 )
 from selectlens.tasks.generators import TaskBatch
 
@@ -46,7 +46,10 @@ def test_softmax_ensembles_by_hand():
     assert torch.allclose(context_softmax_ensemble("mse", T)(b), expected)
     o0 = torch.softmax(-torch.tensor([1.6**2, 0.4**2]), 0) @ torch.tensor([3.0, 5.0])
     o1 = torch.softmax(-torch.tensor([0.4**2, 0.6**2]), 0) @ torch.tensor([0.5, 1.5])
-    assert torch.allclose(oracle_softmax_ensemble(b), torch.stack([o0, o1]))
+    assert torch.allclose(oracle_softmax_ensemble_original(b), torch.stack([o0, o1]))
+    assert torch.allclose(oracle_softmax_ensemble("mse", 1.0)(b), torch.stack([o0, o1]))
+    p0 = torch.softmax(-torch.tensor([1.6**2, 0.4**2]) / T, 0) @ torch.tensor([3.0, 5.0])
+    assert torch.allclose(oracle_softmax_ensemble("mse", T)(b)[0], p0)
 
 
 def test_bce_loss_and_oracle_uses_task_loss():
@@ -56,12 +59,21 @@ def test_bce_loss_and_oracle_uses_task_loss():
         pointwise_loss(p, y, "hinge")
 
 
-def test_temperature_fit_limits():
-    b = _batch()
-    # With the target far from both candidates' weighting, the fitted T must beat both ends of the grid.
-    T = fit_softmax_temperature(b, "mse")
-    loss = lambda t: pointwise_loss(context_softmax_ensemble("mse", t)(b), b.target, "mse").mean()
-    assert loss(T) <= loss(1e-4) + 1e-9 and loss(T) <= loss(1e3) + 1e-9
+@pytest.mark.parametrize("kind", ["mse", "bce"])
+def test_temperature_fit_is_optimal_on_a_brute_force_fine_grid(kind):
+    from selectlens.config import load_config
+    from selectlens.tasks import make_generator, make_task
+
+    cfg = load_config("default" if kind == "mse" else "classification", ["data.N=12", "data.d_d=4"])
+    b = make_task(cfg).sample(400, make_generator(3))
+    T = fit_softmax_temperature(b, kind)
+    errors, preds = context_errors(b, kind).double(), b.tokens[:, -1, :-1].double()
+    grid = 10.0 ** torch.linspace(-4, 3, 7001, dtype=torch.float64)  # step 0.001 in log10
+    losses = torch.stack([pointwise_loss((torch.softmax(-errors / t, 1) * preds).sum(1), b.target.double(), kind).mean()
+                          for t in grid])
+    at_T = pointwise_loss(context_softmax_ensemble(kind, T)(b).double(), b.target.double(), kind).mean()
+    assert float(at_T) <= float(losses.min()) + 1e-6 * float(losses.min())
+    assert 1e-4 < T < 1e3
 
 
 def test_make_baselines_names_and_signature():
@@ -70,11 +82,36 @@ def test_make_baselines_names_and_signature():
 
     task = make_task(load_config("model_selection"))
     batch = task.sample(50, make_generator(0))
-    bl = make_baselines(task, 0.1)
+    from selectlens.baselines import baseline_sees, fit_selection_baselines
+
+    fit = fit_selection_baselines(task, 0, 300)
+    bl = make_baselines(task, fit)
     assert set(bl) == {"candidate[0.1]", "candidate[0.8]", "candidate_average", "context_validation_select",
-                       "context_softmax_ensemble", "true_alpha_candidate", "oracle_select", "oracle_softmax_ensemble"}
+                       "context_softmax_ensemble", "context_stacking", "true_alpha_candidate", "bayes_matched_ridge",
+                       "bayes_full_information", "oracle_select", "oracle_softmax_ensemble",
+                       "oracle_softmax_ensemble_original"}
+    assert {baseline_sees(n) for n in bl} == {"honest", "latent", "oracle", "bound"}
+    assert fit.best_honest in bl and baseline_sees(fit.best_honest) == "honest"
+    assert fit.train_losses[fit.best_honest] == min(fit.train_losses.values())
     for fn in bl.values():
         assert fn(batch).shape == (50,)
     # the oracle select is a lower bound for every single-candidate predictor
     loss = {k: ((fn(batch) - batch.target) ** 2).mean() for k, fn in bl.items()}
     assert all(loss["oracle_select"] <= loss[k] + 1e-7 for k in ("candidate[0.1]", "candidate[0.8]", "context_validation_select"))
+    # a bare temperature (checkpoints from before stacking) still builds the older set
+    assert "context_stacking" not in make_baselines(task, 0.1)
+
+
+def test_classification_has_no_regression_only_baselines():
+    from selectlens.config import load_config
+    from selectlens.tasks import make_generator, make_task
+
+    task = make_task(load_config("classification", ["data.N=10", "data.d_d=3", "data.data_alphas=[0.5,4]"]))
+    from selectlens.baselines import fit_selection_baselines
+
+    for metric in ("mse", "bce"):
+        fit = fit_selection_baselines(task, 0, 200, metric)
+        bl = make_baselines(task, fit)
+        assert "context_stacking" in bl and not {"bayes_matched_ridge", "bayes_full_information"} & set(bl)
+        p = bl["context_stacking"](task.sample(30, make_generator(1)))
+        assert p.shape == (30,) and bool(((p > 0) & (p < 1)).all())

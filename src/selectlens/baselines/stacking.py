@@ -51,7 +51,7 @@ class LevelEstimator:
     def groups(self, batch: TaskBatch) -> Tensor:
         """``[B]`` long: the estimated level's group index."""
         cuts = torch.tensor(self.thresholds, dtype=torch.float64, device=batch.tokens.device)
-        return torch.bucketize(self.statistic(batch), cuts)
+        return torch.bucketize(self.statistic(batch).contiguous(), cuts)
 
 
 def _best_threshold(low: Tensor, high: Tensor) -> float:

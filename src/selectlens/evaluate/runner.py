@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 
-from selectlens.baselines import make_baselines, pointwise_loss, training_temperature
+from selectlens.baselines import (
+    baseline_sees, fit_selection_baselines, make_baselines, noise_floor_losses, pointwise_loss,
+)
 from selectlens.config import Config, check_device
 from selectlens.evaluate.context_length import context_length_markdown, evaluate_raw_model, write_context_length_eval
-from selectlens.evaluate.metrics import mean_ci, paired_diff_ci
+from selectlens.evaluate.metrics import bootstrap_ratio_ci, mean_ci, paired_diff_ci
 from selectlens.model.gpt2 import SelectionTransformer
 from selectlens.fileio import atomic_write
 from selectlens.tasks.generators import EVAL_STREAM, TaskBatch, make_generator, make_task, stream_seed
@@ -28,78 +30,137 @@ def heldout_batch(config: Config, sequences: int, device: torch.device | str = "
     return make_task(config, device=device).sample(sequences, make_generator(stream_seed(config.seed, EVAL_STREAM), device))
 
 
+METRIC_NAMES = {"mse": "squared error", "bce": "log-loss"}
+
+
 def _summary(losses: torch.Tensor) -> dict[str, float]:
     m, lo, hi = mean_ci(losses)
     return {"mean": m, "ci_low": lo, "ci_high": hi}
 
 
+def _metric_name(task, metric: str) -> str:
+    return "Brier score" if metric == "mse" and task.loss == "bce" else METRIC_NAMES[metric]
+
+
+def _predictor_entry(name: str, losses: torch.Tensor, model_losses: torch.Tensor, alphas: torch.Tensor,
+                     levels: list[float]) -> dict[str, Any]:
+    """One table row: mean with CI, the paired CI of (predictor − model), per-α means, what it sees."""
+    entry: dict[str, Any] = _summary(losses)
+    if name != "model":
+        d, dlo, dhi = paired_diff_ci(losses, model_losses)
+        entry.update(paired_diff=d, paired_diff_ci=[dlo, dhi], model_better=bool(dlo > 0))
+    entry["per_alpha"] = {f"{a:g}": _summary(losses[alphas == a]) for a in levels}
+    entry["sees"] = baseline_sees(name)
+    entry["oracle"] = entry["sees"] == "oracle"
+    return entry
+
+
+def _gap_closed(losses: dict[str, torch.Tensor], best: str) -> dict[str, Any] | None:
+    """(best honest − model)/(best honest − bound) with a paired bootstrap CI over sequences; None without a bound."""
+    if "bayes_full_information" not in losses:
+        return None
+    num = losses[best] - losses["model"]
+    den = losses[best] - losses["bayes_full_information"]
+    ratio, lo, hi = bootstrap_ratio_ci(num, den)
+    return {"best_honest": best, "bound": "bayes_full_information", "value": ratio, "ci": [lo, hi],
+            "significant": bool(lo > 0 or hi < 0)}
+
+
+def evaluate_metric(task, batch: TaskBatch, model_pred: torch.Tensor, config: Config, metric: str) -> dict[str, Any]:
+    """Every predictor under ``metric`` (``mse`` or ``bce``), each baseline selecting and fitted by ``metric``
+    on training data: the table, the fit, the best honest baseline (chosen on training data) and the gap closed."""
+    fit = fit_selection_baselines(task, config.seed, config.eval.temperature_sequences, metric)
+    preds = {"model": model_pred, **{name: fn(batch) for name, fn in make_baselines(task, fit).items()}}
+    losses = {name: pointwise_loss(p, batch.target, metric).double().cpu() for name, p in preds.items()}
+    if task.loss == "mse":
+        losses["noise_floor"] = noise_floor_losses(batch, task.data.noise_scale).cpu()
+    alphas = batch.alpha.cpu()
+    levels = sorted({float(a) for a in alphas.tolist()})
+    table = {name: _predictor_entry(name, l, losses["model"], alphas, levels) for name, l in losses.items()}
+    return {"metric": metric, "metric_name": _metric_name(task, metric), "predictors": table,
+            "fit": fit.as_dict(), "best_honest": fit.best_honest, "gap_closed": _gap_closed(losses, fit.best_honest)}
+
+
 def evaluate_model(
     model: SelectionTransformer, config: Config, *, sequences: int | None = None, device: str | None = None
 ) -> dict[str, Any]:
-    """Evaluate ``model`` against every baseline; returns the ``eval.json`` content."""
+    """Evaluate ``model`` against every baseline; returns the ``eval.json`` content.
+
+    Regression: squared error. Classification: the Brier score and the log-loss, each with its own
+    baselines fitted by it. ``predictors`` (the squared-error / Brier table, with ``mse`` kept as the
+    mean's key) is what older readers use; ``tables`` holds every metric."""
     dev = check_device(device or config.device)
     n = sequences or config.eval.sequences
     task = make_task(config, device=dev)
     batch = heldout_batch(config, n, dev)
     if config.data.is_raw:  # raw-data tasks: every context length, per σ and task type
         return evaluate_raw_model(model.to(dev), task, batch, seed=config.seed)
-    temperature = training_temperature(task, config.seed, config.eval.temperature_sequences)
-    model = model.to(dev)
-    preds = {"model": model.predict_in_chunks(batch.tokens)}
-    preds.update({name: fn(batch) for name, fn in make_baselines(task, temperature).items()})
-    target = batch.target
-    sq = {name: ((p - target) ** 2).double().cpu() for name, p in preds.items()}
-    extra = task.loss if task.loss != "mse" else None
-    ex = {name: pointwise_loss(p, target, extra).double().cpu() for name, p in preds.items()} if extra else {}
-    alphas = batch.alpha.cpu()
-    levels = sorted({float(a) for a in alphas.tolist()})
-    predictors: dict[str, Any] = {}
-    for name, losses in sq.items():
-        m, lo, hi = mean_ci(losses)
-        entry: dict[str, Any] = {"mse": m, "ci_low": lo, "ci_high": hi}
-        if name != "model":
-            d, dlo, dhi = paired_diff_ci(losses, sq["model"])
-            entry["paired_diff"] = d
-            entry["paired_diff_ci"] = [dlo, dhi]
-            entry["model_better"] = bool(dlo > 0)
-        if extra:
-            entry[extra] = _summary(ex[name])
-        entry["per_alpha"] = {f"{a:g}": _summary(losses[alphas == a]) for a in levels}
-        entry["oracle"] = name.startswith("oracle_")
-        predictors[name] = entry
+    model_pred = model.to(dev).predict_in_chunks(batch.tokens)
+    metrics = ["mse"] if task.loss == "mse" else ["mse", "bce"]
+    tables = {m: evaluate_metric(task, batch, model_pred, config, m) for m in metrics}
+    primary = tables["mse"]
+    for e in primary["predictors"].values():
+        e["mse"] = e["mean"]
     return {
         "task": config.data.task_name,
         "sequences": n,
         "seed": config.seed,
         "metric": "mse",
-        "context_softmax_temperature": temperature,
-        "predictors": predictors,
+        "context_softmax_temperature": primary["fit"]["temperature"],
+        "predictors": primary["predictors"],
+        "tables": tables,
     }
 
 
-def eval_markdown(result: dict[str, Any]) -> str:
-    """The evaluation table as Markdown (raw runs: the context-length tables)."""
-    if result.get("layout") == "interleaved":
-        return context_length_markdown(result)
-    preds = result["predictors"]
+def _table_markdown(t: dict[str, Any]) -> list[str]:
+    preds = t["predictors"]
     alphas = list(preds["model"]["per_alpha"])
-    head = "| predictor | MSE | 95% CI | baseline − model (paired 95% CI) | " + " | ".join(f"α={a}" for a in alphas) + " |"
-    lines = [
-        f"# Evaluation: {result['task']}, {result['sequences']} held-out sequences (seed {result['seed']})",
-        "",
-        head,
-        "|" + "---|" * (4 + len(alphas)),
-    ]
+    lines = ["| predictor | sees | " + t["metric_name"] + " | 95% CI | baseline − model (paired 95% CI) | "
+             + " | ".join(f"α={a}" for a in alphas) + " |", "|" + "---|" * (5 + len(alphas))]
     for name, e in preds.items():
-        label = f"{name} (oracle)" if e["oracle"] else name
         paired = "—" if name == "model" else (
             f"{e['paired_diff']:+.5f} [{e['paired_diff_ci'][0]:+.5f}, {e['paired_diff_ci'][1]:+.5f}]"
-            + (" model better" if e["model_better"] else (" baseline better" if e["paired_diff_ci"][1] < 0 else ""))
+            + (" model better" if e["model_better"] else (" baseline better" if e["paired_diff_ci"][1] < 0 else " not significant"))
         )
         per = " | ".join(f"{e['per_alpha'][a]['mean']:.5f}" for a in alphas)
-        lines.append(f"| {label} | {e['mse']:.5f} | [{e['ci_low']:.5f}, {e['ci_high']:.5f}] | {paired} | {per} |")
-    lines += ["", f"Context-softmax temperature (fitted on training data): {result['context_softmax_temperature']:.4g}.",
-              "Oracles look at the answer; they bound what selection could achieve.", ""]
+        lines.append(f"| {name} | {e['sees']} | {e['mean']:.5f} | [{e['ci_low']:.5f}, {e['ci_high']:.5f}] | {paired} | {per} |")
+    return lines
+
+
+def fit_summary(t: dict[str, Any]) -> str:
+    """One paragraph: what the baselines fitted on training data, and which honest baseline is best there."""
+    f = t["fit"]
+    text = (f"Fitted on training data by {t['metric_name']}: context-softmax temperature {f['temperature']:.4g}, "
+            f"oracle-softmax temperature {f['oracle_temperature']:.4g}")
+    st = f.get("stacking")
+    if st:
+        est = st["estimator"]
+        text += (f"; context_stacking: {st['kind']}, {'with' if st['intercept'] else 'no'} intercept, shrunk towards "
+                 f"{'the average' if st['prior'] == 'average' else 'zero'}, penalty per estimated level "
+                 + ", ".join(f"α={a:g}: {p:.4g}" for a, p in zip(est["levels"], st["penalties"]))
+                 + f" (level estimated by thresholds {', '.join(f'{c:.4g}' for c in est['thresholds'])} on candidate "
+                 f"{est['candidate']}'s mean visible loss; {100 * est['accuracy']:.1f}% correct on training data)")
+    return text + f". Best honest baseline on training data: {t['best_honest']}."
+
+
+def gap_closed_text(t: dict[str, Any]) -> str:
+    g = t.get("gap_closed")
+    if not g:
+        return "No closed-form information bound for this task, so no gap closed."
+    verdict = "" if g["significant"] else " (not significantly different from 0)"
+    return (f"Gap closed (best honest {g['best_honest']} − model)/(best honest − {g['bound']}): "
+            f"{g['value']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}] (95% paired bootstrap over sequences){verdict}.")
+
+
+def eval_markdown(result: dict[str, Any]) -> str:
+    """The evaluation tables (one per metric) as Markdown (raw runs: the context-length tables)."""
+    if result.get("layout") == "interleaved":
+        return context_length_markdown(result)
+    lines = [f"# Evaluation: {result['task']}, {result['sequences']} held-out sequences (seed {result['seed']})", ""]
+    for t in result["tables"].values():
+        lines += [f"## {t['metric_name']}", "", *_table_markdown(t), "", fit_summary(t), "", gap_closed_text(t), ""]
+    lines += ["Sees: honest = only the tokens; latent = also α (and x); oracle = the answer; bound = a reference no "
+              "predictor of the tokens beats in expectation (not a competitor).", ""]
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from selectlens.baselines import make_baselines, pointwise_loss, training_temperature
+from selectlens.baselines import SelectionFit, fit_selection_baselines, make_baselines, pointwise_loss
 from selectlens.baselines.raw import make_raw_baselines
 from selectlens.config import Config, check_device
 from selectlens.errors import SelectLensError
@@ -107,7 +107,7 @@ class TrainState:
     opt: torch.optim.Optimizer
     data_gen: torch.Generator
     shuffle_gen: torch.Generator
-    temperature: float
+    baseline_fit: SelectionFit | None  # the baselines' temperatures, stacking penalties, … (fitted on training data)
     start_epoch: int = 0
     step: int = 0
     sequences: int = 0  # training sequences actually stepped on, summed over epochs
@@ -120,7 +120,8 @@ class TrainState:
             "optimizer": self.opt.state_dict(),
             "data_rng": self.data_gen.get_state(),
             "shuffle_rng": self.shuffle_gen.get_state(),
-            "temperature": self.temperature,
+            "temperature": self.baseline_fit.temperature if self.baseline_fit else 0.0,
+            "baseline_fit": self.baseline_fit.as_dict() if self.baseline_fit else None,
         }
 
 
@@ -160,15 +161,16 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
         opt=torch.optim.Adam(model.parameters(), lr=config.training.lr),
         data_gen=make_generator(stream_seed(config.seed, DATA_STREAM), device),
         shuffle_gen=make_generator(stream_seed(config.seed, SHUFFLE_STREAM), "cpu"),
-        temperature=0.0,
+        baseline_fit=None,
     )
     ckpt = rundir.load_latest_checkpoint(run) if resume else None
     if resume and ckpt is None and rundir.checkpoint_dirs(run):
         raise rundir.RunDirError(f"{run}: no checkpoint could be loaded")
     if ckpt is not None:
         _restore(state, *ckpt)
-    elif not config.data.is_raw:  # raw tasks have no softmax-selection baseline to calibrate
-        state.temperature = training_temperature(task, config.seed, config.eval.temperature_sequences)
+    elif not config.data.is_raw:  # raw tasks have no selection baselines to fit
+        state.baseline_fit = fit_selection_baselines(task, config.seed, config.eval.temperature_sequences,
+                                                     metric=config.training.loss)
     rundir.truncate_jsonl(run / "metrics.jsonl", state.start_epoch)
     rundir.truncate_jsonl(run / "timing.jsonl", state.start_epoch)
     return state
@@ -183,7 +185,10 @@ def _restore(state: TrainState, epoch: int, path: Path, saved: dict[str, Any]) -
     state.shuffle_gen.set_state(saved["shuffle_rng"])
     state.start_epoch = epoch
     state.step = int(saved["step"])
-    state.temperature = float(saved["temperature"])
+    if saved.get("baseline_fit"):
+        state.baseline_fit = SelectionFit.from_dict(saved["baseline_fit"])
+    elif not state.config.data.is_raw:  # checkpoints from before stacking: the context-softmax temperature only
+        state.baseline_fit = SelectionFit(state.config.training.loss, float(saved["temperature"]), 1.0, None)
     # checkpoints written before ``sequences`` was stored: every epoch trains on all its n_train sequences
     state.sequences = int(saved.get("sequences", epoch * EpochPlan.from_config(state.config).n_train))
 
@@ -257,7 +262,7 @@ def epoch_baselines(state: TrainState) -> dict[str, Any]:
     """The baselines scored beside the model every epoch (raw or selection ones)."""
     if state.config.data.is_raw:
         return make_raw_baselines(state.task)
-    return make_baselines(state.task, state.temperature)
+    return make_baselines(state.task, state.baseline_fit)
 
 
 def write_records(run: Path, record: dict[str, Any], timing: dict[str, Any], sinks: MetricSinks) -> None:
