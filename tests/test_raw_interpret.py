@@ -148,3 +148,16 @@ def test_raw_report_in_headless_chromium_escapes_strings(raw_run, browser):
     assert all(u.startswith(("file://", "data:")) for u in requests), requests
     assert json.loads(page.locator("#report-numbers").inner_text())["task"] == "linear_or_logistic"
     page.close()
+
+
+def test_interpret_run_on_mixed_noise_picks_the_raw_report(tmp_path):
+    from selectlens.interpret.report import interpret_run
+    from selectlens.train import train
+
+    cfg = load_config("mixed_noise_cpu", TINY + ["training.epochs=1"])
+    train(cfg, tmp_path / "run", progress=False)
+    paths = interpret_run(tmp_path / "run", sequences=64)
+    numbers = json.loads(paths["json"].read_text())
+    assert numbers["layout"] == "interleaved" and set(numbers["probes"]) == {"w", "sigma", "posterior", "least_squares_w"}
+    assert numbers["patching"]["sigma_clean"] == 0.1 and numbers["patching"]["sigma_corrupt"] == 0.5
+    assert "id=\"agreement\"" in paths["html"].read_text()
