@@ -161,3 +161,21 @@ def test_interpret_run_on_mixed_noise_picks_the_raw_report(tmp_path):
     assert numbers["layout"] == "interleaved" and set(numbers["probes"]) == {"w", "sigma", "posterior", "least_squares_w"}
     assert numbers["patching"]["sigma_clean"] == 0.1 and numbers["patching"]["sigma_corrupt"] == 0.5
     assert "id=\"agreement\"" in paths["html"].read_text()
+
+
+def test_best_cell_ci_covers_the_score_and_role_block_ci_over_sequences():
+    from selectlens.interpret.raw_analyses import best_cell_ci
+
+    rng = np.random.default_rng(1)
+    B, D = 400, 6
+    w = rng.normal(size=(B, 2))
+    resid = rng.normal(size=(1, B, 1, D))
+    resid[0, :, 0, :2] += w
+    scores, _ = probe_grid(resid, w, "r2", seed=0)
+    lo, hi = best_cell_ci(resid, w, "r2", 0, 0, seed=0)
+    assert lo < scores[0, 0].mean() < hi and hi - lo < 0.3
+    pats = rng.dirichlet(np.ones(4), size=(1, 50, 1, 4))  # rows sum to 1 (non-causal, fine for the arithmetic)
+    blocks = role_blocks(pats)
+    per_seq = pats[0, :, 0][:, 0::2][:, :, 0::2].sum(-1).mean(-1)  # x-queries' mass on x-keys, per sequence
+    half = 1.959963984540054 * per_seq.std(ddof=1) / np.sqrt(50)
+    np.testing.assert_allclose(blocks["ci[x→x]"][:, 0, 0], [per_seq.mean() - half, per_seq.mean() + half])

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from selectlens.baselines.raw import bayes_mixture
+from selectlens.evaluate.metrics import Z95
 from selectlens.interpret.probes import residual_streams
 from selectlens.model.gpt2 import SelectionTransformer
 
@@ -36,9 +37,10 @@ def role_blocks(patterns: Tensor | np.ndarray) -> dict[str, np.ndarray]:
 
     ``patterns [L, B, H, T, T]`` (T = 2N, rows: queries) → for each block ``q→k`` an ``[L, H]``
     array: the mean over sequences and over the role's queries of the attention mass on keys of
-    role k. ``null[...]`` holds the same quantity for uniform attention over the visible keys
-    (x-query at 2i sees i+1 x-keys of 2i+1; y-query at 2i+1 sees i+1 of 2i+2), which the causal
-    mask alone produces.
+    role k, and ``ci[q→k]`` ``[2, L, H]``, its 95% CI over sequences (a sequence's mean is one
+    observation). ``null[...]`` holds the same quantity for uniform attention over the visible
+    keys (x-query at 2i sees i+1 x-keys of 2i+1; y-query at 2i+1 sees i+1 of 2i+2), which the
+    causal mask alone produces.
     """
     p = torch.as_tensor(patterns).double()
     T = p.shape[-1]
@@ -49,8 +51,12 @@ def role_blocks(patterns: Tensor | np.ndarray) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for q_role, q_mask in (("x", is_x), ("y", ~is_x)):
         for k_role, k_mask in (("x", is_x), ("y", ~is_x)):
-            mass = p[..., q_mask, :][..., k_mask].sum(-1)  # [L, B, H, Tq]
-            out[f"{q_role}→{k_role}"] = mass.mean(dim=(1, 3)).numpy()  # [L, H]
+            per_seq = p[..., q_mask, :][..., k_mask].sum(-1).mean(-1)  # [L, B, H]
+            mean = per_seq.mean(1)  # [L, H]
+            S = per_seq.shape[1]
+            half = Z95 * per_seq.std(1, unbiased=True) / S**0.5 if S > 1 else torch.full_like(mean, float("nan"))
+            out[f"{q_role}→{k_role}"] = mean.numpy()
+            out[f"ci[{q_role}→{k_role}]"] = torch.stack([mean - half, mean + half]).numpy()
             out[f"null[{q_role}→{k_role}]"] = np.array(float(uniform[q_mask][:, k_mask].sum(-1).mean()))
     return out
 
@@ -88,6 +94,7 @@ class RawProbe:
     null: np.ndarray  # [n_layer + 1, N]: the same probe trained on shuffled labels
     chance: float  # the majority-class rate (accuracy), 0 for R²
     per_column: dict[str, np.ndarray] = field(default_factory=dict)  # column name -> [n_layer + 1, N]
+    best_ci: tuple[float, float] = (float("nan"), float("nan"))  # 95% bootstrap CI of the best cell's score
 
     def best(self) -> tuple[float, int, int]:
         """(score, layer, position) of the best cell (cells without a defined score are skipped)."""
@@ -154,13 +161,46 @@ def probe_grid(resid: np.ndarray, target: np.ndarray, metric: str, seed: int = 0
     return scores, null
 
 
+def best_cell_ci(resid: np.ndarray, target: np.ndarray, metric: str, layer: int, n: int, seed: int = 0,
+                 boots: int = 300) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of one cell's held-out score, resampling the held-out sequences
+    (the probe is refitted once on the same training sequences as :func:`probe_grid`)."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    tr, te = _split_sequences(resid.shape[1], seed)
+    scaler = StandardScaler().fit(resid[layer, tr, n])
+    a, b = scaler.transform(resid[layer, tr, n]), scaler.transform(resid[layer, te, n])
+    t = target[:, n] if (metric == "r2" and target.ndim == 3) else target
+    rng = np.random.default_rng(seed + 2)
+    draws = rng.integers(0, len(te), size=(boots, len(te)))
+    if metric == "accuracy":
+        correct = LogisticRegression(max_iter=2000).fit(a, t[tr]).predict(b) == t[te]
+        stats = correct[draws].mean(1)
+    else:
+        yb = t[te].reshape(len(te), -1)
+        pred = Ridge(alpha=1.0).fit(a, t[tr]).predict(b).reshape(yb.shape)
+        res, dev = (yb - pred)[draws], yb[draws] - yb[draws].mean(1, keepdims=True)  # [boots, n_te, C]
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            stats = np.nanmean(1 - (res**2).sum(1) / (dev**2).sum(1), axis=-1)
+    lo, hi = np.nanpercentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _with_ci(probe: RawProbe, resid: np.ndarray, target: np.ndarray, seed: int) -> RawProbe:
+    _, layer, n = probe.best()
+    probe.best_ci = best_cell_ci(resid, target, probe.metric, layer, n, seed)
+    return probe
+
+
 def _r2_probe(name: str, resid: np.ndarray, target: np.ndarray, columns: list[str], seed: int) -> RawProbe:
     scores, null = probe_grid(resid, target, "r2", seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells (constant targets) stay NaN
         mean, null_mean = np.nanmean(scores, -1), np.nanmean(null, -1)
-    return RawProbe(name, "r2", mean, null_mean, 0.0,
-                    {c: scores[..., i] for i, c in enumerate(columns)})
+    probe = RawProbe(name, "r2", mean, null_mean, 0.0, {c: scores[..., i] for i, c in enumerate(columns)})
+    return _with_ci(probe, resid, target, seed)
 
 
 def _accuracy_probe(name: str, resid: np.ndarray, values: np.ndarray, seed: int) -> RawProbe | None:
@@ -168,7 +208,8 @@ def _accuracy_probe(name: str, resid: np.ndarray, values: np.ndarray, seed: int)
     if len(levels) < 2:
         return None
     scores, null = probe_grid(resid, labels, "accuracy", seed)
-    return RawProbe(name, "accuracy", scores, null, float(np.bincount(labels).max() / len(labels)))
+    probe = RawProbe(name, "accuracy", scores, null, float(np.bincount(labels).max() / len(labels)))
+    return _with_ci(probe, resid, labels, seed)
 
 
 @torch.no_grad()

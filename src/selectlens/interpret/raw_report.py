@@ -127,6 +127,7 @@ def probe_grid_figure(probes: list[RawProbe]):
     for ax, p in zip(axes[0], probes):
         lo = p.chance if p.metric == "accuracy" else 0.0
         im = ax.imshow(np.clip(p.scores, lo, 1.0), aspect="auto", cmap="viridis", vmin=lo, vmax=1.0)
+        ax.set_yticks(range(p.scores.shape[0]))
         ax.set_title(f"{_probe_title(p)}; null ≤ {np.nanmax(p.null):.2f}", fontsize=8)
         ax.set_xlabel("x position n (pairs seen)")
         ax.set_ylabel("layer (0 = embedding)")
@@ -137,7 +138,7 @@ def probe_grid_figure(probes: list[RawProbe]):
 
 def _probe_numbers(p: RawProbe) -> dict[str, Any]:
     best, layer, n = p.best()
-    return {"metric": p.metric, "chance": p.chance, "scores": p.scores, "null": p.null, "best": best,
+    return {"metric": p.metric, "chance": p.chance, "scores": p.scores, "null": p.null, "best": best, "best_ci": p.best_ci,
             "best_at": [layer, n], "null_at_best": float(p.null[layer, n]), "null_max": float(np.nanmax(p.null)),
             "last_position_by_layer": p.scores[:, -1], "per_column": p.per_column}
 
@@ -209,9 +210,14 @@ def _agreement_table(agreement: dict[str, Any], ns: list[int]) -> str:
 
 def _role_block_table(blocks: dict[str, Any]) -> str:
     L, H = np.asarray(blocks["x→x"]).shape
-    head = "".join(f"<th>{b} (null {float(blocks[f'null[{b}]']):.3f})</th>" for b in ROLE_BLOCKS)
-    rows = "".join(f"<tr><td>L{l}H{h}</td>" + "".join(f"<td>{float(np.asarray(blocks[b])[l, h]):.3f}</td>" for b in ROLE_BLOCKS)
-                   + "</tr>" for l in range(L) for h in range(H))
+
+    def cell(b: str, l: int, h: int) -> str:
+        lo, hi = np.asarray(blocks[f"ci[{b}]"])[:, l, h]
+        return f"<td>{float(np.asarray(blocks[b])[l, h]):.3f} [{lo:.3f}, {hi:.3f}]</td>"
+
+    head = "".join(f"<th>{b} [95% CI] (null {float(blocks[f'null[{b}]']):.3f})</th>" for b in ROLE_BLOCKS)
+    rows = "".join(f"<tr><td>L{l}H{h}</td>" + "".join(cell(b, l, h) for b in ROLE_BLOCKS) + "</tr>"
+                   for l in range(L) for h in range(H))
     return f"<table><tr><th>head</th>{head}</tr>{rows}</table>"
 
 
@@ -234,11 +240,11 @@ def _cluster_table(heads: list[dict[str, Any]]) -> str:
 
 def _probe_table(probes: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v['metric']}</td><td>{v['best']:.3f}</td>"
+        f"<tr><td>{html.escape(k)}</td><td>{v['metric']}</td><td>{v['best']:.3f} [{v['best_ci'][0]:.3f}, {v['best_ci'][1]:.3f}]</td>"
         f"<td>layer {v['best_at'][0]}, n = {v['best_at'][1]}</td><td>{v['null_at_best']:.3f}</td><td>{v['null_max']:.3f}</td>"
         f"<td>{v['chance']:.3f}</td><td>{' / '.join('—' if not np.isfinite(x) else f'{x:.3f}' for x in v['last_position_by_layer'])}</td></tr>"
         for k, v in probes.items())
-    return ("<table><tr><th>probe</th><th>metric</th><th>best</th><th>where</th><th>null (shuffled labels) there</th>"
+    return ("<table><tr><th>probe</th><th>metric</th><th>best [95% bootstrap CI over held-out sequences]</th><th>where</th><th>null (shuffled labels) there</th>"
             "<th>null, max over cells</th><th>majority rate</th><th>last x position, by layer (0 = embedding)</th></tr>"
             + rows + "</table>")
 
