@@ -123,3 +123,51 @@ def test_import_predict_and_eval_cli(cli, tmp_path):
     assert cli("data", "--config", "classification", "--sequences", "4", "--set", "data.N=8", "--out", str(other)).returncode == 0
     res = cli("predict", "--run", str(run), "--data", str(other), "--out", str(tmp_path / "q.safetensors"))
     assert res.returncode == 2 and "do not fit" in res.stderr
+
+
+_WRITE_BOTH = """
+import sys, torch
+from selectlens.config import load_config
+from selectlens.model import save_model
+from selectlens.tasks import make_generator, make_task, save_task_batch
+from selectlens.train import build_model
+cfg = load_config("default", ["model.n_embd=16", "model.n_layer=1"])
+save_model(build_model(cfg), sys.argv[1] + "/model.safetensors", {"epoch": "3", "b": "x", "a": "y"})
+save_task_batch(sys.argv[1] + "/data.safetensors", make_task(cfg).sample(8, make_generator(0)), cfg)
+"""
+
+
+def test_equal_content_gives_equal_bytes_across_processes(tmp_path):
+    """Two processes write the same weights and data: the files are byte-identical (metadata order no
+    longer depends on a per-process hash seed), and still load with the safetensors package."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    digests = []
+    for i in range(3):
+        out = tmp_path / f"p{i}"
+        out.mkdir()
+        subprocess.run([sys.executable, "-c", _WRITE_BOTH, str(out)], check=True, env=dict(os.environ))
+        digests.append([hashlib.sha256((out / f).read_bytes()).hexdigest() for f in ("model.safetensors", "data.safetensors")])
+        assert load_model(out / "model.safetensors").spec.n_embd == 16
+        assert load_file(out / "data.safetensors")["tokens"].shape == (8, 21, 3)
+    assert digests[0] == digests[1] == digests[2]
+
+
+def test_files_with_the_old_metadata_layout_still_load(tmp_path):
+    """Files written by safetensors' own ``save`` (metadata in hash order) load as before."""
+    import json
+
+    from safetensors.torch import save
+
+    torch.manual_seed(1)
+    m = SelectionTransformer(SPEC)
+    tensors = {k: v.contiguous() for k, v in m.state_dict().items()}
+    meta = {"spec": json.dumps(SPEC.to_dict()), "format": "selectlens-model-1", "epoch": "2"}
+    (tmp_path / "old.safetensors").write_bytes(save(tensors, metadata=meta))
+    back = load_model(tmp_path / "old.safetensors")
+    X = torch.randn(2, 21, 3)
+    assert torch.equal(back.predict(X), m.eval().predict(X))

@@ -145,9 +145,7 @@ def _run_eval(run: Path, sequences: int | None, device: str | None):
 @click.option("--device", default=None, help="torch device (default: cpu).")
 def predict(run, data_file, out, force, device) -> None:
     """Apply a run's model to a data file."""
-    from safetensors.torch import save
-
-    from selectlens.fileio import atomic_write
+    from selectlens.fileio import atomic_write, safetensors_bytes
     from selectlens.rundir import load_run_model
     from selectlens.tasks import RawBatch, load_task_batch
     from selectlens.tasks.io import DataFileError, check_writable
@@ -167,7 +165,7 @@ def predict(run, data_file, out, force, device) -> None:
     dtype = next(model.parameters()).dtype
     tokens = batch.tokens.to(dev, dtype)
     pred = (model.predict_x_positions(tokens) if cfg.data.is_raw else model.predict_in_chunks(tokens)).cpu()
-    atomic_write(out, save({"prediction": pred.contiguous()}, metadata={"run": str(run), "data": str(data_file)}))
+    atomic_write(out, safetensors_bytes({"prediction": pred}, {"run": str(run), "data": str(data_file)}))
     click.echo(f"wrote {pred.shape[0]} predictions {list(pred.shape)} to {out}")
     if cfg.data.is_raw:
         mse = ((pred.double() - batch.target.double()) ** 2).mean().item()

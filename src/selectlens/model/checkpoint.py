@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from selectlens.errors import InputError
-from selectlens.fileio import atomic_write, parse_safetensors, read_input_file
+from selectlens.fileio import atomic_write, parse_safetensors, read_input_file, safetensors_bytes
 from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 
 MODEL_FORMAT = "selectlens-model-1"
@@ -29,11 +29,9 @@ class CheckpointError(InputError):
 
 def model_bytes(model: SelectionTransformer, extra_metadata: dict[str, str] | None = None) -> bytes:
     """The safetensors encoding of ``model``'s weights, with its spec in the metadata."""
-    from safetensors.torch import save
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": MODEL_FORMAT, "spec": json.dumps(model.spec.to_dict()), **(extra_metadata or {})}
-    return save(tensors, metadata=meta)
+    meta = {"format": MODEL_FORMAT, "spec": json.dumps(model.spec.to_dict(), sort_keys=True), **(extra_metadata or {})}
+    return safetensors_bytes(tensors, meta)  # equal weights give equal bytes, in any process
 
 
 def save_model(model: SelectionTransformer, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:

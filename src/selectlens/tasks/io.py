@@ -10,7 +10,7 @@ import torch
 
 from selectlens.config import Config, ConfigError, config_from_dict
 from selectlens.errors import InputError
-from selectlens.fileio import atomic_write, parse_safetensors, probe_writable, read_input_file
+from selectlens.fileio import atomic_write, parse_safetensors, probe_writable, read_input_file, safetensors_bytes
 from selectlens.tasks.generators import TaskBatch
 from selectlens.tasks.raw import RawBatch
 
@@ -36,13 +36,16 @@ def check_writable(path: str | Path, *, force: bool = False) -> Path:
 def save_task_batch(path: str | Path, batch: TaskBatch | RawBatch, config: Config, *, force: bool = False) -> Path:
     """Write ``batch``'s tensors (exactly :data:`DATA_TENSORS`, or :data:`RAW_DATA_TENSORS` for a raw
     task) and ``config`` to ``path``."""
-    from safetensors.torch import save
-
     p = check_writable(path, force=force)
     tensors = {k: v.detach().cpu().contiguous() for k, v in batch.as_dict().items()}
-    meta = {"config": json.dumps(config.to_dict()), "format": "selectlens-data-1", "task": config.data.task_name}
-    atomic_write(p, save(tensors, metadata=meta))
+    atomic_write(p, safetensors_bytes(tensors, data_metadata(config)))
     return p
+
+
+def data_metadata(config: Config) -> dict[str, str]:
+    """A data file's metadata: the resolved config (sorted JSON) and the task's name."""
+    return {"config": json.dumps(config.to_dict(), sort_keys=True), "format": "selectlens-data-1",
+            "task": config.data.task_name}
 
 
 def load_task_batch(path: str | Path) -> tuple[TaskBatch | RawBatch, Config]:
