@@ -95,6 +95,8 @@ def train(config, overrides, out, resume, force, max_minutes, seed, device, quie
 
 
 def _report_training(result) -> None:
+    for path in getattr(result, "set_aside", []):
+        click.echo(f"notice: {path.name} was made from earlier weights; moved to {path}", err=True)
     last = result.last
     state = "stopped at the time limit" if result.stopped_early else "finished"
     if last:

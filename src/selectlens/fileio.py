@@ -19,24 +19,40 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, fault: str | None = None) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync, rename over ``path``.
 
-    A reader (or a crash) sees the old file or the new one, never a torn one.
+    A reader (or a crash) sees the old file or the new one, never a torn one. ``fault`` names
+    this write's fault points (``<fault>.mid_write``, ``<fault>.before_rename``), see :func:`fault_point`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            write_halves(f, data, f"{fault}.mid_write" if fault else None)
+        if fault:
+            fault_point(f"{fault}.before_rename")
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_halves(f, data: bytes, fault: str | None) -> None:
+    """Write ``data`` to the open file ``f`` and fsync; with ``fault``, a fault point sits mid-write
+    (the first half flushed to disk, the second not yet written)."""
+    if fault:
+        half = len(data) // 2
+        f.write(data[:half])
+        f.flush()
+        fault_point(fault)
+        f.write(data[half:])
+    else:
+        f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def probe_writable(directory: Path, error: type[Exception]) -> None:

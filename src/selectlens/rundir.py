@@ -25,7 +25,7 @@ import torch
 
 from selectlens.config import Config, ConfigError, config_from_dict
 from selectlens.errors import InputError
-from selectlens.fileio import atomic_write, fsync_dir, probe_writable
+from selectlens.fileio import atomic_write, fault_point, fsync_dir, probe_writable, write_halves
 from selectlens.model.checkpoint import CheckpointError, model_bytes, read_torch_file
 
 _CKPT = re.compile(r"^epoch_(\d{6})$")
@@ -52,6 +52,7 @@ def prepare_run_dir(run_dir: Path, config: Config, *, force: bool = False) -> No
         raise RunDirError(f"cannot create run directory {run_dir}: {e.strerror}") from None
     try:
         write_config(tmp, config)
+        fault_point("run_dir.before_rename")
         if run_dir.exists():  # empty, or being replaced with --force
             old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".old", dir=parent))
             os.rename(run_dir, old / "run")
@@ -111,23 +112,67 @@ def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+# Every write boundary of a training run, in the order a run reaches them; the crash tests
+# (tests/test_crash_safety.py) kill a run at each one, resume it and compare it bitwise
+# with an uninterrupted run. Set SELECTLENS_FAULT_POINT=name[:count] to kill at one.
+FAULT_POINTS = (
+    "run_dir.before_rename",            # new run directory assembled under a temporary name
+    "metrics.mid_write",                # half an epoch's metrics line on disk
+    "metrics.written",                  # metrics line written, timing line not yet
+    "timing.mid_write",
+    "timing.written",                   # epoch logged, its checkpoint not yet begun
+    "checkpoint.begin",                 # temporary checkpoint directory created, empty
+    "checkpoint.model.mid_write",       # half the checkpoint's weights written
+    "checkpoint.state.mid_write",       # weights written, half the optimizer/RNG state
+    "checkpoint.before_rename",         # complete checkpoint under its temporary name
+    "checkpoint.renamed",               # checkpoint in place, run-level weights still the previous epoch's
+    "run_model.mid_write",              # half the run-level model.safetensors temp file
+    "run_model.before_rename",          # run-level temp file complete, not yet renamed
+    "checkpoint.before_prune",          # run-level weights updated, old checkpoints not yet pruned
+    "checkpoint.mid_prune",             # one old checkpoint removed
+    "resume.run_model.before_rename",   # resume restoring the run-level weights from the checkpoint
+    "resume.metrics.before_rename",     # resume rewinding metrics.jsonl to the checkpoint
+    "resume.timing.before_rename",
+)
+
+
 def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any]) -> Path:
     """Write ``checkpoints/epoch_XXXXXX`` atomically (temp dir + rename), update ``model.safetensors``, prune."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"epoch_{epoch:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".epoch_{epoch:06d}.", dir=root))
+    weights = model_bytes(model, {"epoch": str(epoch)})
+    _write_checkpoint_dir(root, final, {"model.safetensors": weights, "state.pt": _torch_bytes(state)})
+    fault_point("checkpoint.renamed")
+    atomic_write(run_dir / "model.safetensors", weights, fault="run_model")
+    fault_point("checkpoint.before_prune")
+    tidy_checkpoints(run_dir)
+    return final
+
+
+def tidy_checkpoints(run_dir: Path) -> None:
+    """Keep the newest :data:`KEEP_CHECKPOINTS` checkpoints; remove temporaries a killed writer left
+    (checkpoint temp dirs, atomic-write temp files). Called after each checkpoint and on resume."""
+    for _, old in checkpoint_dirs(run_dir)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+        fault_point("checkpoint.mid_prune")
+    for stale in (run_dir / "checkpoints").glob(".epoch_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _write_checkpoint_dir(root: Path, final: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into a temporary directory under ``root``, fsync, rename it to ``final``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
-        weights = model_bytes(model, {"epoch": str(epoch)})
-        for name, data in (("model.safetensors", weights), ("state.pt", _torch_bytes(state))):
+        fault_point("checkpoint.begin")
+        for name, data in files.items():
             with open(tmp / name, "wb") as f:
-                half = len(data) // 2
-                f.write(data[:half])
+                write_halves(f, data, f"checkpoint.{name.split('.')[0]}.mid_write")
                 _fault_delay()  # testing hook: widen the window in which a kill tears the write
-                f.write(data[half:])
-                f.flush()
-                os.fsync(f.fileno())
         fsync_dir(tmp)
+        fault_point("checkpoint.before_rename")
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -135,12 +180,68 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, state: di
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write(run_dir / "model.safetensors", weights)
-    for _, old in checkpoint_dirs(run_dir)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".epoch_*"):  # temp dirs left by a killed writer
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+
+
+def restore_run_weights(run_dir: Path, checkpoint: Path) -> bool:
+    """Make the run-level ``model.safetensors`` equal the checkpoint's; True when it had to be rewritten.
+
+    A kill between a checkpoint's rename and the run-level write leaves the previous epoch's
+    weights at the top of the run; every resume repairs that, even with nothing left to train.
+    """
+    want = (checkpoint / "model.safetensors").read_bytes()
+    tidy_checkpoints(run_dir)
+    top = run_dir / "model.safetensors"
+    if top.is_file() and top.read_bytes() == want:
+        return False
+    atomic_write(top, want, fault="resume.run_model")
+    return True
+
+
+# Files computed from a run's weights by `eval` and `interpret`.
+DERIVED_OUTPUTS = ("eval.json", "eval.md", "training_curves.png", "context_length.png", "report")
+
+
+def set_aside_stale_outputs(run_dir: Path, tag: str, *, weights_changed: bool) -> list[Path]:
+    """Move eval/report outputs made from other weights than the run's current ones to
+    ``RUN/stale_<tag>/`` (never deleted: they are a user's results); returns the moved paths.
+
+    ``eval.json`` records the sha256 of the weights it evaluated (``model_sha256``); outputs
+    whose hash differs from the run-level ``model.safetensors`` are stale; outputs without a
+    recorded hash (older versions, or a report without eval) count as stale when ``weights_changed``.
+    """
+    present = [run_dir / name for name in DERIVED_OUTPUTS if (run_dir / name).exists()]
+    if not present or not _derived_are_stale(run_dir, weights_changed):
+        return []
+    dest = run_dir / f"stale_{tag}"
+    dest.mkdir(exist_ok=True)
+    moved = []
+    for p in present:
+        target = dest / p.name
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.rename(p, target)
+        moved.append(target)
+    fsync_dir(run_dir)
+    return moved
+
+
+def _derived_are_stale(run_dir: Path, weights_changed: bool) -> bool:
+    try:
+        recorded = json.loads((run_dir / "eval.json").read_text(encoding="utf-8")).get("model_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded is None:
+        return weights_changed
+    return recorded != weights_sha256(run_dir)
+
+
+def weights_sha256(run_dir: Path) -> str | None:
+    """sha256 of the run-level ``model.safetensors`` (None when absent): identifies the weights
+    that eval/report outputs were computed from (the bytes are deterministic)."""
+    import hashlib
+
+    top = run_dir / "model.safetensors"
+    return hashlib.sha256(top.read_bytes()).hexdigest() if top.is_file() else None
 
 
 def _fault_delay() -> None:
@@ -170,11 +271,12 @@ def load_latest_checkpoint(run_dir: Path) -> tuple[int, Path, dict[str, Any]] | 
     return None
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def append_jsonl(path: Path, record: dict[str, Any], *, fault: str | None = None) -> None:
+    """Append one JSON line (fsynced); ``fault`` names its fault points (``.mid_write``, ``.written``)."""
+    with open(path, "ab") as f:
+        write_halves(f, (json.dumps(record, sort_keys=False) + "\n").encode(), f"{fault}.mid_write" if fault else None)
+    if fault:
+        fault_point(f"{fault}.written")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -190,10 +292,26 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def truncate_jsonl(path: Path, max_epoch: int) -> None:
-    """Keep only records with ``epoch <= max_epoch`` (resuming rewinds the log to the checkpoint)."""
-    kept = [r for r in read_jsonl(path) if int(r.get("epoch", 0)) <= max_epoch]
-    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+def truncate_jsonl(path: Path, max_epoch: int, *, fault: str | None = None) -> None:
+    """Keep only records with ``epoch <= max_epoch`` (resuming rewinds the log to the checkpoint).
+
+    Lines are kept byte for byte (a torn last line is dropped), so a resumed log equals an
+    uninterrupted one; the file is rewritten only when something changes.
+    """
+    if not path.exists():
+        atomic_write(path, b"", fault=fault)
+        return
+    text = path.read_text(encoding="utf-8")
+    kept = []
+    for line in text.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if line.endswith("\n") and int(record.get("epoch", 0)) <= max_epoch:
+            kept.append(line)
+    if "".join(kept) != text:
+        atomic_write(path, "".join(kept).encode(), fault=fault)
 
 
 def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu"):

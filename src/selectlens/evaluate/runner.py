@@ -22,6 +22,7 @@ from selectlens.evaluate.context_length import context_length_markdown, evaluate
 from selectlens.evaluate.metrics import bootstrap_ratio_ci, mean_ci, paired_diff_ci
 from selectlens.model.gpt2 import SelectionTransformer
 from selectlens.fileio import atomic_write
+from selectlens.rundir import weights_sha256
 from selectlens.tasks.generators import EVAL_STREAM, TaskBatch, make_generator, make_task, stream_seed
 
 
@@ -200,16 +201,21 @@ def plot_training_curves(metrics: list[dict[str, Any]], out: Path, *, eval_resul
 
 
 def write_eval(run_dir: Path, result: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write ``eval.json``, ``eval.md`` and ``training_curves.png`` into ``run_dir`` (raw runs: also
-    ``context_length.png``)."""
+    """Write ``eval.md``, ``training_curves.png`` (raw runs: also ``context_length.png``) and, last,
+    ``eval.json`` into ``run_dir``.
+
+    ``eval.json`` records the sha256 of the run's weights (``model_sha256``) so that a resumed
+    training can tell stale outputs; written last, it is current only when the others are.
+    """
     if result.get("layout") == "interleaved":
         paths = write_context_length_eval(run_dir, result) | {"png": run_dir / "training_curves.png"}
     else:
         paths = {"json": run_dir / "eval.json", "md": run_dir / "eval.md", "png": run_dir / "training_curves.png"}
-        atomic_write(paths["json"], json.dumps(result, indent=2).encode())
         atomic_write(paths["md"], eval_markdown(result).encode())
     if metrics:
         plot_training_curves(metrics, paths["png"], eval_result=result)
     else:
         paths.pop("png")
+    result["model_sha256"] = weights_sha256(run_dir)  # also in what `eval --json` prints
+    atomic_write(paths["json"], json.dumps(result, indent=2).encode())
     return paths

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,6 +51,7 @@ class TrainResult:
     step: int
     stopped_early: bool
     last: dict[str, Any]
+    set_aside: list[Path] = field(default_factory=list)  # stale eval/report outputs moved by a resume
 
 
 def build_model(config: Config) -> SelectionTransformer:
@@ -111,6 +112,7 @@ class TrainState:
     start_epoch: int = 0
     step: int = 0
     sequences: int = 0  # training sequences actually stepped on, summed over epochs
+    weights_restored: bool = False  # resume found stale run-level weights and rewrote them
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -168,11 +170,12 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
         raise rundir.RunDirError(f"{run}: no checkpoint could be loaded")
     if ckpt is not None:
         _restore(state, *ckpt)
+        state.weights_restored = rundir.restore_run_weights(run, ckpt[1])
     elif not config.data.is_raw:  # raw tasks have no selection baselines to fit
         state.baseline_fit = fit_selection_baselines(task, config.seed, config.eval.temperature_sequences,
                                                      metric=config.training.loss)
-    rundir.truncate_jsonl(run / "metrics.jsonl", state.start_epoch)
-    rundir.truncate_jsonl(run / "timing.jsonl", state.start_epoch)
+    for log in ("metrics", "timing"):
+        rundir.truncate_jsonl(run / f"{log}.jsonl", state.start_epoch, fault=f"resume.{log}" if resume else None)
     return state
 
 
@@ -267,8 +270,8 @@ def epoch_baselines(state: TrainState) -> dict[str, Any]:
 
 def write_records(run: Path, record: dict[str, Any], timing: dict[str, Any], sinks: MetricSinks) -> None:
     """Append the epoch's metrics and timing lines, and forward the metrics to the sinks."""
-    rundir.append_jsonl(run / "metrics.jsonl", record)
-    rundir.append_jsonl(run / "timing.jsonl", timing)
+    rundir.append_jsonl(run / "metrics.jsonl", record, fault="metrics")
+    rundir.append_jsonl(run / "timing.jsonl", timing, fault="timing")
     sinks.log(record)
 
 
@@ -319,7 +322,11 @@ def train(
         if bar is not None:
             bar.close()
         sinks.close()
-    return TrainResult(run, int(last.get("epoch", state.start_epoch)), state.step, stopped_early, last)
+    moved = []
+    if resume:  # eval/report made from other weights than the run's final ones are moved aside
+        changed = state.weights_restored or state.start_epoch < config.training.epochs
+        moved = rundir.set_aside_stale_outputs(run, f"before_epoch_{state.start_epoch:06d}", weights_changed=changed)
+    return TrainResult(run, int(last.get("epoch", state.start_epoch)), state.step, stopped_early, last, moved)
 
 
 def _reference_loss(record: dict[str, Any]) -> dict[str, str]:
