@@ -78,9 +78,11 @@ def _default_run_dir(cfg: Config, out: Path | None) -> Path:
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the config's).")
 @click.option("--device", default=None, help="torch device (default: the config's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config, overrides, out, resume, force, max_minutes, seed, device, quiet) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1,
+              help="Data-parallel processes (launches torchrun: gloo on CPU, NCCL on GPUs, one GPU per process).")
+def train(config, overrides, out, resume, force, max_minutes, seed, device, quiet, nproc) -> None:
     """Train a model; writes checkpoints and metrics.jsonl into the run directory."""
-    from selectlens.train import train as run_training
+    from selectlens.train import distributed, train as run_training
 
     if resume and force:
         raise click.UsageError("--resume and --force exclude each other")
@@ -88,10 +90,29 @@ def train(config, overrides, out, resume, force, max_minutes, seed, device, quie
     run = _default_run_dir(cfg, out)
     if resume and (config or overrides or seed is not None or device is not None):
         raise click.UsageError("--resume continues a run with its own config.json; drop --config/--set/--seed/--device")
-    if not resume:
+    ctx = distributed.env_context()
+    if not resume and ctx.is_main:
         check_new_run_dir(run, force=force)
+    if nproc > 1 and not ctx.enabled:  # the launcher: checks done, now the same command on nproc ranks
+        from selectlens.rundir import read_run_config
+
+        distributed.check_launch(read_run_config(run) if resume else cfg, nproc)
+        distributed.launch(nproc, _train_args(config, overrides, run, resume, force, max_minutes, seed, device, quiet))
+        return
     result = run_training(cfg, run, resume=resume, force=force, max_minutes=max_minutes, progress=not quiet)
-    _report_training(result)
+    if ctx.is_main:
+        _report_training(result)
+
+
+def _train_args(config, overrides, run, resume, force, max_minutes, seed, device, quiet) -> list[str]:
+    """``selectlens train`` flags that repeat this invocation (for each torchrun rank)."""
+    args = ["--out", str(run)] + (["--config", config] if config else [])
+    args += [a for o in overrides for a in ("--set", o)]
+    args += ["--resume"] * resume + ["--force"] * force + ["--quiet"] * quiet
+    args += ["--max-minutes", repr(max_minutes)] if max_minutes is not None else []
+    args += ["--seed", str(seed)] if seed is not None else []
+    args += ["--device", device] if device else []
+    return args
 
 
 def _report_training(result) -> None:

@@ -32,6 +32,8 @@ from selectlens import rundir
 from selectlens.tasks.generators import (
     DATA_STREAM, DTYPES, INIT_STREAM, SHUFFLE_STREAM, make_generator, make_task, stream_seed,
 )
+from selectlens.train import distributed
+from selectlens.train.distributed import DistContext
 from selectlens.train.raw import evaluate_raw_split, raw_batch_loss
 from selectlens.train.sinks import MetricSinks
 
@@ -109,6 +111,8 @@ class TrainState:
     data_gen: torch.Generator
     shuffle_gen: torch.Generator
     baseline_fit: SelectionFit | None  # the baselines' temperatures, stacking penalties, … (fitted on training data)
+    dist: DistContext = DistContext()
+    forward_model: torch.nn.Module | None = None  # what the training forward calls: DDP(model) or model
     start_epoch: int = 0
     step: int = 0
     sequences: int = 0  # training sequences actually stepped on, summed over epochs
@@ -149,13 +153,16 @@ class EpochPlan:
 def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainState:
     """A fresh run directory and model, or (``resume``) the run's config and its latest checkpoint.
 
-    Logs (metrics, timing) are rewound to the checkpoint's epoch.
+    Logs (metrics, timing) are rewound to the checkpoint's epoch. Under ``torchrun`` every rank
+    builds the same state; rank 0 alone creates and rewinds the run directory.
     """
+    ctx = distributed.env_context()
     if resume:
         config = rundir.read_run_config(run)
-    else:
+    elif ctx.is_main:
         rundir.prepare_run_dir(run, config, force=force)
-    device = check_device(config.device)
+    device = distributed.rank_device(ctx, check_device(config.device))
+    distributed.init_process_group(ctx, device)
     task = make_task(config, device=device)
     model = build_model(config).to(device)
     state = TrainState(
@@ -163,19 +170,22 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
         opt=torch.optim.Adam(model.parameters(), lr=config.training.lr),
         data_gen=make_generator(stream_seed(config.seed, DATA_STREAM), device),
         shuffle_gen=make_generator(stream_seed(config.seed, SHUFFLE_STREAM), "cpu"),
-        baseline_fit=None,
+        baseline_fit=None, dist=ctx,
     )
     ckpt = rundir.load_latest_checkpoint(run) if resume else None
     if resume and ckpt is None and rundir.checkpoint_dirs(run):
         raise rundir.RunDirError(f"{run}: no checkpoint could be loaded")
     if ckpt is not None:
         _restore(state, *ckpt)
-        state.weights_restored = rundir.restore_run_weights(run, ckpt[1])
-    elif not config.data.is_raw:  # raw tasks have no selection baselines to fit
+        if ctx.is_main:  # rank 0 alone writes the run directory
+            state.weights_restored = rundir.restore_run_weights(run, ckpt[1])
+    elif not config.data.is_raw and ctx.is_main:  # raw tasks have no selection baselines; rank 0 scores them
         state.baseline_fit = fit_selection_baselines(task, config.seed, config.eval.temperature_sequences,
                                                      metric=config.training.loss)
-    for log in ("metrics", "timing"):
-        rundir.truncate_jsonl(run / f"{log}.jsonl", state.start_epoch, fault=f"resume.{log}" if resume else None)
+    if ctx.is_main:
+        for log in ("metrics", "timing"):
+            rundir.truncate_jsonl(run / f"{log}.jsonl", state.start_epoch, fault=f"resume.{log}" if resume else None)
+    state.forward_model = distributed.wrap_model(ctx, model, device)
     return state
 
 
@@ -196,12 +206,23 @@ def _restore(state: TrainState, epoch: int, path: Path, saved: dict[str, Any]) -
     state.sequences = int(saved.get("sequences", epoch * EpochPlan.from_config(state.config).n_train))
 
 
-def train_step(state: TrainState, loss: LossFn, tokens: torch.Tensor, target: torch.Tensor, lr: float) -> torch.Tensor:
-    """One optimiser step on ``tokens [b, T, F]``, ``target [b]``; returns the (detached) loss."""
+def train_step(state: TrainState, loss: LossFn, tokens: torch.Tensor, target: torch.Tensor, lr: float,
+               global_batch: int | None = None) -> torch.Tensor:
+    """One optimiser step on ``tokens [b, T, F]``, ``target [b]``; returns the (detached) loss.
+
+    Distributed, ``tokens`` is this rank's share ``b_r`` of a ``global_batch`` of B sequences: the
+    loss is scaled by ``P·b_r/B`` so DDP's gradient average is the gradient of the global mean,
+    and the returned loss is the global batch's mean (the same on every rank).
+    """
     for g in state.opt.param_groups:
         g["lr"] = lr
-    value = loss(state.model, tokens, target)
-    if not torch.isfinite(value):
+    model = state.forward_model if state.forward_model is not None else state.model
+    value = loss(model, tokens, target)
+    global_batch = global_batch or int(tokens.shape[0])
+    if state.dist.enabled:
+        value = value * (state.dist.world * tokens.shape[0] / global_batch)
+    mean = distributed.global_mean(state.dist, value)
+    if not torch.isfinite(mean):
         raise _NonFiniteLoss()
     state.opt.zero_grad(set_to_none=True)
     value.backward()
@@ -209,8 +230,8 @@ def train_step(state: TrainState, loss: LossFn, tokens: torch.Tensor, target: to
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), state.config.training.grad_clip)
     state.opt.step()
     state.step += 1
-    state.sequences += int(tokens.shape[0])
-    return value.detach()
+    state.sequences += global_batch
+    return mean.detach()
 
 
 def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=None):
@@ -224,10 +245,11 @@ def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=
     state.model.train()
     total = torch.zeros((), device=state.device, dtype=torch.float64)
     for i in range(plan.steps_per_epoch):
-        idx = order[i * plan.batch_size : (i + 1) * plan.batch_size]
+        idx = order[i * plan.batch_size : (i + 1) * plan.batch_size]  # the global batch [B]
+        mine = distributed.rank_slice(state.dist, idx)  # this rank's share [b_r]
         lr = learning_rate(state.config, state.step, plan.total_steps)
         try:
-            value = train_step(state, loss, train_b.tokens[idx], train_b.target[idx], lr)
+            value = train_step(state, loss, train_b.tokens[mine], train_b.target[mine], lr, global_batch=len(idx))
         except _NonFiniteLoss:
             raise TrainingError(
                 f"non-finite loss at epoch {epoch + 1} step {i + 1} (global step {state.step + 1}); "
@@ -290,30 +312,37 @@ def train(
     progress: bool = True,
     sinks: MetricSinks | None = None,
 ) -> TrainResult:
-    """Train ``config`` into ``run_dir``; with ``resume``, continue its last checkpoint."""
+    """Train ``config`` into ``run_dir``; with ``resume``, continue its last checkpoint.
+
+    Under ``torchrun`` (see :mod:`selectlens.train.distributed`) every rank runs this; rank 0 alone
+    evaluates the epoch's test split, writes metrics and checkpoints, and shows the progress bar.
+    """
     run = Path(run_dir)
     state = set_up(config, run, resume=resume, force=force)
+    ctx = state.dist
     config = state.config
     plan = EpochPlan.from_config(config)
+    distributed.check_batches_split(ctx, plan.n_train, plan.batch_size)
     loss = loss_fn(config)
-    baselines = epoch_baselines(state)
-    sinks = sinks or MetricSinks.from_config(config, run)
+    baselines = epoch_baselines(state) if ctx.is_main else {}
+    sinks = (sinks or MetricSinks.from_config(config, run)) if ctx.is_main else None
     started = time.monotonic()
     last: dict[str, Any] = {}
     stopped_early = False
-    bar = _progress_bar(plan, state.step) if progress else None
+    bar = _progress_bar(plan, state.step) if progress and ctx.is_main else None
     try:
         for epoch in range(state.start_epoch, config.training.epochs):
             t0 = time.monotonic()
             train_loss, test_b = run_epoch(state, plan, loss, epoch, bar)
-            last = epoch_record(state, epoch, train_loss, test_b, baselines)
             elapsed = time.monotonic() - started
-            write_records(run, last, {"epoch": epoch + 1, "epoch_s": time.monotonic() - t0, "elapsed_s": elapsed}, sinks)
-            if bar is not None:
-                bar.set_postfix(epoch=epoch + 1, test=f"{last['test_loss']:.4f}", **_reference_loss(last))
-            out_of_time = max_minutes is not None and elapsed >= max_minutes * 60
+            if ctx.is_main:
+                last = epoch_record(state, epoch, train_loss, test_b, baselines)
+                write_records(run, last, {"epoch": epoch + 1, "epoch_s": time.monotonic() - t0, "elapsed_s": elapsed}, sinks)
+                if bar is not None:
+                    bar.set_postfix(epoch=epoch + 1, test=f"{last['test_loss']:.4f}", **_reference_loss(last))
+            out_of_time = distributed.agree(ctx, max_minutes is not None and elapsed >= max_minutes * 60)
             final = epoch + 1 == config.training.epochs
-            if (epoch + 1) % config.training.save_every_epochs == 0 or final or out_of_time:
+            if ctx.is_main and ((epoch + 1) % config.training.save_every_epochs == 0 or final or out_of_time):
                 save_checkpoint(state, epoch + 1)
             if out_of_time and not final:
                 stopped_early = True
@@ -321,9 +350,11 @@ def train(
     finally:
         if bar is not None:
             bar.close()
-        sinks.close()
+        if sinks is not None:
+            sinks.close()
+    distributed.destroy_process_group(ctx)
     moved = []
-    if resume:  # eval/report made from other weights than the run's final ones are moved aside
+    if resume and ctx.is_main:  # eval/report made from other weights than the run's final ones are moved aside
         changed = state.weights_restored or state.start_epoch < config.training.epochs
         moved = rundir.set_aside_stale_outputs(run, f"before_epoch_{state.start_epoch:06d}", weights_changed=changed)
     return TrainResult(run, int(last.get("epoch", state.start_epoch)), state.step, stopped_early, last, moved)
