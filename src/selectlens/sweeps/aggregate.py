@@ -62,7 +62,7 @@ def collect(sweep_dir: Path) -> dict[str, Any]:
     from selectlens.sweeps.engine import read_sweep
 
     spec, trials = read_sweep(sweep_dir)
-    rows, baselines, oracles = [], [], set()
+    rows, baselines, not_honest = [], [], set()
     for t in trials:
         status = read_status(sweep_dir, t.name)
         row: dict[str, Any] = {"trial": t.name, **{k: _cell(v) for k, v in t.point.items()}, "seed": t.seed,
@@ -71,16 +71,19 @@ def collect(sweep_dir: Path) -> dict[str, Any]:
         if row["status"] == "done" and path.is_file():
             ev = json.loads(path.read_text(encoding="utf-8"))
             row.update(trial_metrics(ev))
+            best = ev.get("tables", {}).get("mse", {}).get("best_honest")
+            if best:
+                row["best_honest"] = best
             for name, e in ev.get("predictors", {}).items():
                 if name != "model" and name not in baselines:
                     baselines.append(name)
-                if e.get("oracle"):
-                    oracles.add(name)
+                if e.get("oracle") or e.get("sees", "honest") != "honest":
+                    not_honest.add(name)
         elif row["status"] == "done":
             row["status"] = "done (no eval)"
         rows.append(row)
     return {"keys": list(spec.grid), "seeds": list(spec.seeds), "rows": rows, "baselines": baselines,
-            "oracles": sorted(oracles), "stages": list(spec.stages)}
+            "not_honest": sorted(not_honest), "stages": list(spec.stages)}
 
 
 def _cell(v: Any) -> Any:
@@ -137,10 +140,13 @@ def _fmt_csv(v: Any) -> Any:
 
 
 def shown_baselines(data: dict[str, Any]) -> list[str]:
-    """Baselines worth a column in the Markdown tables: the honest ones, not single candidates or oracles."""
-    names = [b for b in data["baselines"] if b not in data["oracles"] and not b.startswith("candidate[")]
-    names.sort(key=lambda b: b not in REFERENCE_BASELINES)
-    return names
+    """Baselines given a column in the Markdown tables and plots (``summary.csv`` has all of them):
+    context-validation selection, each trial's best honest baseline (chosen on training data by eval),
+    and the Bayes mixture of raw-data runs; else every honest one."""
+    best = [r["best_honest"] for r in data["rows"] if r.get("best_honest")]
+    wanted = [REFERENCE_BASELINES[0], *dict.fromkeys(best), REFERENCE_BASELINES[1]]
+    names = [b for b in dict.fromkeys(wanted) if b in data["baselines"]]
+    return names or [b for b in data["baselines"] if b not in data["not_honest"] and not b.startswith("candidate[")]
 
 
 def _num(v: float) -> str:
