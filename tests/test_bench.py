@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from selectlens.benchmarks.reference import reference_sequences
@@ -48,3 +49,56 @@ def test_bench_baselines_json_and_bad_flag(cli):
     assert out["max_abs_diff"] < 1e-9 and out["d"] == 5 and out["N"] == 5
     bad = cli("bench", "baselines", "--noise-levels", "0.1,-1")
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+def _linear_flops_per_sequence(cfg) -> int:
+    """Forward + backward FLOPs of the model's linear layers, by hand: each [T, a] @ [a, b]
+    costs 2·T·a·b forward and twice that backward, except the read-in, whose input (the
+    tokens) needs no gradient."""
+    T, d, F, L = cfg.data.N, cfg.model.n_embd, cfg.data.n_features, cfg.model.n_layer
+    per_token = F * d + L * (d * 3 * d + d * d + d * 4 * d + 4 * d * d) + d * 1
+    return 3 * 2 * T * per_token - 2 * T * F * d
+
+
+def test_bench_train_reports_flops_fraction_and_profile(cli):
+    sets = ["data.train_samp_per_class=300", "training.batch_size=64", "model.n_embd=32"]
+    res = cli("bench", "train", *[a for s in sets for a in ("--set", s)], "--reference-sequences", "4", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    cfg = load_config("default", sets)
+    assert out["flops_per_sequence"] == _linear_flops_per_sequence(cfg)
+    # the printed ratios, recomputed from the printed figures
+    assert out["train_sequences_per_epoch"] == 240
+    assert out["achieved_gflops"] == out["flops_per_sequence"] * 240 / out["ours_epoch_s"] / 1e9
+    assert out["matmul_fraction"] == out["achieved_gflops"] / out["matmul_gflops"]
+    assert out["ratio"] == out["ours_seq_per_s"] / out["reference_seq_per_s"]
+    parts = out["profile"]
+    assert set(parts) == {"matmuls", "other_kernels", "optimizer", "python_dispatch"}
+    assert all(0 <= v <= 1 for v in parts.values()) and parts["matmuls"] > 0
+    assert sum(parts.values()) == pytest.approx(1)
+
+
+class _Event:
+    def __init__(self, name, self_us, parent=None):
+        self.name, self.self_cpu_time_total, self.cpu_parent, self.cpu_children = name, self_us, parent, []
+        self.cpu_time_total = self_us
+        if parent is not None:
+            parent.cpu_children.append(self)
+            while parent is not None:
+                parent.cpu_time_total += self_us
+                parent = parent.cpu_parent
+
+
+def test_profile_split_attributes_each_operator():
+    from selectlens.benchmarks.train import _split
+
+    lin = _Event("aten::linear", 2)
+    _Event("aten::addmm", 30, lin)
+    node = _Event("autograd::engine::evaluate_function: AddmmBackward0", 3)
+    _Event("aten::mm", 15, node)
+    opt = _Event("Optimizer.step#Adam.step", 1)
+    _Event("aten::_fused_adam_", 9, opt)
+    parts = _split([lin, *lin.cpu_children, node, *node.cpu_children, opt, *opt.cpu_children,
+                    _Event("aten::sum", 4)], wall_us=100)
+    # matmuls 30 + 15; other kernels: linear's own 2 + sum 4; optimizer 1 + 9; the rest is overhead
+    assert parts == pytest.approx({"matmuls": 0.45, "other_kernels": 0.06, "optimizer": 0.10, "python_dispatch": 0.39})

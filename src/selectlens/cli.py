@@ -375,6 +375,19 @@ def bench_train(config, overrides, device, reference_sequences, as_json) -> None
     click.echo(f"  reference  : {result['reference_seq_per_s']:>10,.1f} sequences/s "
                f"(sklearn data + HF GPT2Model, batch 32, {result['reference_sequences']} sequences)")
     click.echo(f"  ratio      : {result['ratio']:>10,.1f}x")
+    _echo_efficiency(result)
+
+
+def _echo_efficiency(result: dict) -> None:
+    """`bench train`'s second block: achieved GFLOP/s against a matmul, and the profile split."""
+    click.echo(f"step efficiency ({result['torch_threads']} threads, compile {result['compile']}, "
+               f"fused Adam {result['fused_adam']}; first epoch {result['first_epoch_s']:.2f} s)")
+    click.echo(f"  FLOPs      : {result['flops_per_sequence'] / 1e6:>10,.2f} MFLOP per training sequence (fwd + bwd)")
+    click.echo(f"  achieved   : {result['achieved_gflops']:>10,.2f} GFLOP/s "
+               f"({result['train_sequences_per_epoch']} training sequences per epoch)")
+    click.echo(f"  matmul     : {result['matmul_gflops']:>10,.2f} GFLOP/s (1024x1024 fp32, same threads)")
+    click.echo(f"  fraction   : {result['matmul_fraction']:>10.1%}")
+    click.echo("  profile    : " + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in result["profile"].items()))
 
 
 def _noise_levels(ctx, param, value: str) -> list[float]:

@@ -176,6 +176,8 @@ class TrainingConfig(_Section):
     loss_positions: Literal["all", "last"] = Field(
         "all", description="Raw tasks: average the loss over every x position, or use the last one only."
     )
+    compile: bool = Field(False, description="torch.compile the loss (forward + backward); compile time counts in the run.")
+    fused_adam: bool = Field(True, description="Adam's fused single-kernel update (CPU, CUDA).")
 
     @field_validator("lr")
     @classmethod

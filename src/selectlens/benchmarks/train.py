@@ -6,6 +6,13 @@ The reference generates each sequence with scikit-learn in a Python loop and
 trains Hugging Face ``GPT2Model`` (with its full token table) at batch 32, as
 the original did. Its cost per sequence does not depend on the epoch size, so
 it is timed on a slice of an epoch to keep the benchmark short.
+
+It also says how well the step uses the machine: FLOPs per training sequence
+(``FlopCounterMode``, forward + backward) times training sequences/s gives the
+achieved GFLOP/s, shown as a fraction of a 1024×1024 fp32 matmul's GFLOP/s
+measured in the same run on the same threads; a ``torch.profiler`` split says
+where the step's wall time goes (matmul kernels, other kernels, the optimizer,
+Python/autograd/dispatch overhead).
 """
 
 from __future__ import annotations
@@ -15,38 +22,120 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from selectlens.benchmarks import sync
 from selectlens.benchmarks.reference import original_model, reference_sequences
 from selectlens.config import Config, load_config
 from selectlens.tasks import make_generator, make_task
-from selectlens.train.loop import batch_loss, build_model
+from selectlens.train.loop import batch_loss, build_model, loss_fn, make_optimizer
 
 
-def ours_epoch_seconds(config: Config, device: torch.device, epochs: int = 2) -> float:
-    """Median wall time of one SelectLens epoch: fresh data + Adam steps over the training split."""
-    task = make_task(config, device=device)
-    gen = make_generator(config.seed, device)
-    model = build_model(config).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=config.training.lr)
-    n = config.data.train_samp_per_class
-    n_train = int(round(config.data.train_prop * n))
-    bs = config.training.batch_size
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
+PROFILE_PARTS = ("matmuls", "other_kernels", "optimizer", "python_dispatch")
 
-    def epoch() -> float:
-        sync(device)
+
+class TrainBench:
+    """The training step exactly as ``selectlens train`` runs it (optimizer, compile
+    option, loss), on one epoch's worth of fresh sequences."""
+
+    def __init__(self, config: Config, device: torch.device):
+        self.config, self.device = config, device
+        self.task = make_task(config, device=device)
+        self.gen = make_generator(config.seed, device)
+        self.model = build_model(config).to(device).train()
+        self.opt = make_optimizer(self.model, config)
+        self.loss = loss_fn(config)
+        self.n = config.data.train_samp_per_class
+        self.n_train = int(round(config.data.train_prop * self.n))
+        self.bs = config.training.batch_size
+
+    def step(self, tokens: torch.Tensor, target: torch.Tensor) -> None:
+        loss = self.loss(self.model, tokens, target)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def epoch(self) -> float:
+        """Seconds for one epoch: fresh data + steps over the training split."""
+        sync(self.device)
         t0 = time.perf_counter()
-        batch = task.sample(n, gen)
-        for i in range(0, n_train, bs):
-            loss = batch_loss(model, batch.tokens[i : i + bs], batch.target[i : i + bs], config.training.loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sync(device)
+        batch = self.task.sample(self.n, self.gen)
+        for i in range(0, self.n_train, self.bs):
+            self.step(batch.tokens[i : i + self.bs], batch.target[i : i + self.bs])
+        sync(self.device)
         return time.perf_counter() - t0
 
-    epoch()  # warm-up
-    return statistics.median(epoch() for _ in range(epochs))
+    def full_batch(self):
+        batch = self.task.sample(self.bs, self.gen)
+        return batch.tokens, batch.target
+
+    def flops_per_sequence(self) -> float:
+        """Forward + backward FLOPs of one training sequence, counted by ``FlopCounterMode``
+        (it counts the matmuls; the fused CPU attention kernel adds ~5% it does not count)."""
+        model = build_model(self.config).to(self.device).train()  # eager, untouched by the bench's optimizer
+        tokens, target = self.full_batch()
+        with FlopCounterMode(display=False) as counter:
+            batch_loss(model, tokens, target, self.config.training.loss).backward()
+        return counter.get_total_flops() / tokens.shape[0]
+
+    def profile_split(self, steps: int = 10) -> dict[str, float]:
+        """Fractions of the profiled steps' wall time: matmul kernels, other kernels,
+        the optimizer step, and the rest (Python, autograd and dispatcher overhead)."""
+        tokens, target = self.full_batch()
+        self.step(tokens, target)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            sync(self.device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                self.step(tokens, target)
+            sync(self.device)
+            wall_us = (time.perf_counter() - t0) * 1e6
+        return _split(prof.events(), wall_us)
+
+
+def _in_optimizer(event) -> bool:
+    while event is not None:
+        if event.name.startswith("Optimizer.step"):
+            return True
+        event = event.cpu_parent
+    return False
+
+
+def _split(events, wall_us: float) -> dict[str, float]:
+    """Attribute each ATen operator's self time (its kernel) to matmuls or other kernels,
+    everything under ``Optimizer.step`` to the optimizer, and the rest of the wall time
+    (Python, autograd engine, dispatcher) to Python/dispatch."""
+    parts = dict.fromkeys(PROFILE_PARTS, 0.0)
+    for ev in events:
+        if ev.cpu_parent is None and ev.name.startswith("Optimizer.step"):
+            parts["optimizer"] += ev.cpu_time_total
+        elif ev.name.startswith("aten::") and not _in_optimizer(ev):
+            parts["matmuls" if ev.name in MATMUL_OPS else "other_kernels"] += ev.self_cpu_time_total
+    parts["python_dispatch"] = max(0.0, wall_us - sum(parts.values()))
+    return {k: v / wall_us for k, v in parts.items()}
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10, device: torch.device = torch.device("cpu")) -> float:
+    """GFLOP/s of an ``n × n`` fp32 matmul on ``device`` and the current threads (median of
+    ``repeats``): the machine's own attainable rate, the yardstick for the step's fraction."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def ours_epoch_seconds(bench: TrainBench, epochs: int = 2) -> tuple[float, float]:
+    """(first epoch's seconds — includes compilation when ``training.compile`` —, median of the next ``epochs``)."""
+    first = bench.epoch()
+    return first, statistics.median(bench.epoch() for _ in range(epochs))
 
 
 def reference_seconds(config: Config, n_sequences: int, batch_size: int = 32) -> float:
@@ -69,23 +158,40 @@ def reference_seconds(config: Config, n_sequences: int, batch_size: int = 32) ->
 
 
 def bench_train(config: Config | None = None, *, device: str = "cpu", reference_sequences_count: int = 1000) -> dict:
+    """Sequences/s of a training epoch and the reference's, achieved GFLOP/s against a
+    1024² matmul measured in the same run, and where the step's time goes."""
     cfg = config or load_config("default")
     dev = torch.device(device)
-    ours_s = ours_epoch_seconds(cfg, dev)
+    bench = TrainBench(cfg, dev)
+    first_s, ours_s = ours_epoch_seconds(bench)
+    flops = bench.flops_per_sequence()
+    split = bench.profile_split()
+    peak = matmul_gflops(device=dev)
     n = cfg.data.train_samp_per_class
     ref_s = reference_seconds(cfg, reference_sequences_count)
     n_ref = int(reference_sequences_count // len(cfg.data.data_alphas) * len(cfg.data.data_alphas))
     ours = n / ours_s
     ref = n_ref / ref_s
+    achieved = flops * bench.n_train / ours_s / 1e9
     return {
         "config": "default" if config is None else "custom",
         "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
+        "torch_threads": torch.get_num_threads(),
+        "compile": cfg.training.compile,
+        "fused_adam": cfg.training.fused_adam,
         "sequences_per_epoch": n,
+        "train_sequences_per_epoch": bench.n_train,
         "batch_size": cfg.training.batch_size,
         "reference_sequences": n_ref,
         "reference_batch_size": 32,
+        "first_epoch_s": first_s,
         "ours_epoch_s": ours_s,
         "ours_seq_per_s": ours,
         "reference_seq_per_s": ref,
         "ratio": ours / ref if ref > 0 and math.isfinite(ref) else float("nan"),
+        "flops_per_sequence": flops,
+        "achieved_gflops": achieved,
+        "matmul_gflops": peak,
+        "matmul_fraction": achieved / peak,
+        "profile": split,
     }
