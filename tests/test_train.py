@@ -1,4 +1,6 @@
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -124,3 +126,35 @@ def test_bce_needs_classification():
 
     with pytest.raises(ConfigError, match="bce"):
         load_config("default", ["training.loss=bce"])
+
+
+def test_fused_adam_matches_the_for_loop_adam_and_checkpoints_keep_their_implementation(tmp_path):
+    fused, loop = tmp_path / "fused", tmp_path / "loop"
+    train(_cfg("training.epochs=3"), fused, progress=False)
+    train(_cfg("training.epochs=3", "training.fused_adam=false"), loop, progress=False)
+    a, b = load_file(fused / "model.safetensors"), load_file(loop / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)  # same maths, another kernel
+    groups = {run: torch.load(checkpoint_dirs(run)[-1][1] / "state.pt", weights_only=True)["optimizer"]["param_groups"][0]
+              for run in (fused, loop)}
+    assert groups[fused]["fused"] is True and not groups[loop]["fused"]
+    # a run written with the for-loop Adam, before fused_adam existed (no key in its config.json),
+    # resumes with its own implementation: bitwise equal to the uninterrupted for-loop run
+    old = tmp_path / "old"
+    train(_cfg("training.epochs=3", "training.fused_adam=false"), old, progress=False, max_minutes=1e-9)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["training"]["fused_adam"]
+    (old / "config.json").write_text(json.dumps(saved))
+    assert train(_cfg(), old, resume=True, progress=False).epoch == 3
+    c = load_file(old / "model.safetensors")
+    assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+def test_compiled_loss_trains_like_eager(tmp_path):
+    pytest.importorskip("torch._inductor")
+    cfg = ["data.train_samp_per_class=100", "training.batch_size=40", "model.n_layer=1", "training.epochs=1"]
+    train(_cfg(*cfg), tmp_path / "eager", progress=False)
+    train(_cfg(*cfg, "training.compile=true"), tmp_path / "compiled", progress=False)
+    a, b = load_file(tmp_path / "eager" / "model.safetensors"), load_file(tmp_path / "compiled" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+    ea, eb = (read_jsonl(tmp_path / r / "metrics.jsonl")[0] for r in ("eager", "compiled"))
+    assert eb["train_loss"] == pytest.approx(ea["train_loss"], rel=1e-5)

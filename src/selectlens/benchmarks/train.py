@@ -28,7 +28,7 @@ from selectlens.benchmarks import sync
 from selectlens.benchmarks.reference import original_model, reference_sequences
 from selectlens.config import Config, load_config
 from selectlens.tasks import make_generator, make_task
-from selectlens.train.loop import batch_loss, build_model, loss_fn, make_optimizer
+from selectlens.train.loop import build_model, loss_fn, make_optimizer
 
 
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
@@ -45,6 +45,10 @@ class TrainBench:
         self.gen = make_generator(config.seed, device)
         self.model = build_model(config).to(device).train()
         self.opt = make_optimizer(self.model, config)
+        if config.training.compile:  # inductor's C++ kernels show in the profile under their own names
+            import torch._inductor.config
+
+            torch._inductor.config.cpp.enable_kernel_profile = True
         self.loss = loss_fn(config)
         self.n = config.data.train_samp_per_class
         self.n_train = int(round(config.data.train_prop * self.n))
@@ -76,7 +80,7 @@ class TrainBench:
         model = build_model(self.config).to(self.device).train()  # eager, untouched by the bench's optimizer
         tokens, target = self.full_batch()
         with FlopCounterMode(display=False) as counter:
-            batch_loss(model, tokens, target, self.config.training.loss).backward()
+            loss_fn(self.config, compiled=False)(model, tokens, target).backward()
         return counter.get_total_flops() / tokens.shape[0]
 
     def profile_split(self, steps: int = 10) -> dict[str, float]:
@@ -103,14 +107,15 @@ def _in_optimizer(event) -> bool:
 
 
 def _split(events, wall_us: float) -> dict[str, float]:
-    """Attribute each ATen operator's self time (its kernel) to matmuls or other kernels,
+    """Attribute each ATen operator's and each inductor C++ kernel's (``graph_*_cpp_fused_*``)
+    self time to matmuls or other kernels,
     everything under ``Optimizer.step`` to the optimizer, and the rest of the wall time
     (Python, autograd engine, dispatcher) to Python/dispatch."""
     parts = dict.fromkeys(PROFILE_PARTS, 0.0)
     for ev in events:
         if ev.cpu_parent is None and ev.name.startswith("Optimizer.step"):
             parts["optimizer"] += ev.cpu_time_total
-        elif ev.name.startswith("aten::") and not _in_optimizer(ev):
+        elif (ev.name.startswith("aten::") or "cpp_fused" in ev.name) and not _in_optimizer(ev):
             parts["matmuls" if ev.name in MATMUL_OPS else "other_kernels"] += ev.self_cpu_time_total
     parts["python_dispatch"] = max(0.0, wall_us - sum(parts.values()))
     return {k: v / wall_us for k, v in parts.items()}

@@ -86,17 +86,20 @@ def batch_loss(model: SelectionTransformer, tokens: torch.Tensor, target: torch.
     return ((out.prediction - target) ** 2).mean()
 
 
-def loss_fn(config: Config) -> LossFn:
+def loss_fn(config: Config, *, compiled: bool | None = None) -> LossFn:
     """The training loss chosen by the config: ``(model, tokens, target) -> scalar``.
 
     The one place that maps ``training.loss`` (and, later, the task kind) to a loss.
+    ``compiled`` (default: ``training.compile``) wraps it in ``torch.compile``: one
+    inductor graph for forward and backward (C++ kernels built with gcc on CPU).
     """
     if config.data.is_raw:  # MSE at every x-token (or the last one), target [B, N]
         positions = config.training.loss_positions
-        return lambda model, tokens, target: raw_batch_loss(model, tokens, target, positions)
-    kind = config.training.loss
-    fn: LossFn = lambda model, tokens, target: batch_loss(model, tokens, target, kind)
-    if config.training.compile:  # one fused graph for forward and backward (inductor; gcc on CPU)
+        fn: LossFn = lambda model, tokens, target: raw_batch_loss(model, tokens, target, positions)
+    else:
+        kind = config.training.loss
+        fn = lambda model, tokens, target: batch_loss(model, tokens, target, kind)
+    if config.training.compile if compiled is None else compiled:
         fn = torch.compile(fn, dynamic=False)
     return fn
 
