@@ -68,9 +68,12 @@ def test_ridge_intercept_is_unpenalized():
     assert torch.allclose(ridge_predictions(X, y, X, [1e3]), torch.full((2, 8, 1), 5.0), atol=1e-5)
 
 
-def _labels(X, scale, g):
+def _labels(X, scale, g, intercept=0.0):
+    """Bernoulli labels from a random w, with a true intercept drawn from N(intercept, 1) per sequence
+    (a zero-mean intercept would leave an intercept bug unseen)."""
     w = torch.randn(X.shape[0], X.shape[-1], 1, generator=g, dtype=X.dtype)
-    return torch.bernoulli(torch.sigmoid(scale * (X @ w).squeeze(-1)), generator=g)
+    b = intercept + torch.randn(X.shape[0], 1, generator=g, dtype=X.dtype)
+    return torch.bernoulli(torch.sigmoid(scale * (X @ w).squeeze(-1) + b), generator=g)
 
 
 @pytest.mark.parametrize(
@@ -81,12 +84,13 @@ def _labels(X, scale, g):
         (1, 30, 4, [0.5, 5.0], 1.0),  # a batch of one sequence
         (6, 10, 16, [0.1, 1.0, 10.0], 1.0),  # underdetermined: d >= N
         (6, 40, 3, [10.0, 1000.0], 50.0),  # separable data, large C
+        (10, 48, 4, [0.25, 4.0], 1.5),  # with a strongly non-zero true intercept (below)
     ],
 )
 def test_logistic_matches_sklearn(B, n, d, Cs, scale):
     g = _gen(B * 1000 + n)
     X = torch.randn(B, n, d, generator=g)
-    y = _labels(X, scale, g)
+    y = _labels(X, scale, g, intercept=1.5 if B == 10 else 0.0)
     y[:, 0], y[:, 1] = 0.0, 1.0  # scikit-learn needs both classes
     Xt = torch.randn(B, 9, d, generator=g)
     ours = logistic_probabilities(X, y, Xt, Cs)
@@ -98,7 +102,7 @@ def test_logistic_matches_sklearn(B, n, d, Cs, scale):
 def test_logistic_default_tolerance_close_to_tight_solution():
     g = _gen(11)
     X = torch.randn(200, 64, 16, generator=g, dtype=torch.float64)
-    y = _labels(X, 4.0, g)
+    y = _labels(X, 4.0, g, intercept=-1.0)
     Cs = [0.125, 0.5, 2, 8]
     loose = logistic_probabilities(X, y, X, Cs)
     tight = logistic_probabilities(X, y, X, Cs, tol=1e-12, gtol=1e-12)

@@ -1,6 +1,11 @@
+import html
+import json
 import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 from selectlens.config import load_config
 from selectlens.interpret.report import interpret_run
@@ -34,17 +39,38 @@ PAYLOADS = [
 ]
 
 
-def test_report_escapes_user_strings(tmp_path, browser):
+@pytest.fixture(scope="module")
+def payload_report(tmp_path_factory):
+    """A tiny run whose name, notes and output directory are script-injection payloads, and its report."""
     name, notes = PAYLOADS[0] + PAYLOADS[1], PAYLOADS[2] + PAYLOADS[3]
     cfg = load_config("default", TINY + ["wandb.project=null"])
     cfg = cfg.model_copy(update={"wandb": cfg.wandb.model_copy(update={"name": name, "notes": notes}),
                                  "out_dir": "runs/" + PAYLOADS[1]})
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("payload") / "run"
     train(cfg, run, progress=False)
     paths = interpret_run(run, sequences=64)
-    html_text = paths["html"].read_text()
+    return name, notes, paths
+
+
+def test_report_html_text_escapes_user_strings_without_a_browser(payload_report):
+    name, notes, paths = payload_report
+    text = paths["html"].read_text()
     for p in PAYLOADS:
-        assert p not in html_text
+        assert p not in text
+    assert html.escape(name) in text and html.escape(notes) in text
+    # only the report's own two <script> elements, and no value closes them early
+    assert text.count("<script") == 2 and text.count("</script>") == 2
+    data = text.split('<script type="application/json" id="attn-data">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in data and ">" not in data and "&" not in data
+    json.loads(data)
+    # the findings section opens the page and every finding links to a panel that exists
+    assert text.index('id="findings"') < text.index('id="training"')
+    for anchor in re.findall(r"<a href='#([\w-]+)'>", text):
+        assert f'id="{anchor}"' in text, anchor
+
+
+def test_report_escapes_user_strings(payload_report, browser):
+    name, notes, paths = payload_report
     page = browser.new_page()
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))

@@ -21,13 +21,21 @@ def test_run_command_produces_every_artifact(tiny_run):
         assert (run / name).exists(), name
     report = run / "report"
     for name in ("attention_grid", "attention_clusters", "probes", "logit_lens", "attribution", "ablation",
-                 "patching", "patching_heads", "neurons", "training_curves", "attention_L0H0", "attention_L2H1"):
+                 "patching", "patching_heads", "neurons", "training_curves", "attention_L0H0", "attention_L2H1",
+                 "selection_curve"):
         assert (report / f"{name}.png").stat().st_size > 2000, name
     numbers = json.loads((report / "interpret.json").read_text())
     assert {"alpha", "context_error[0.1]", "context_error[0.8]", "target"} == set(numbers["probes"])
     assert numbers["attribution"]["max_reconstruction_error"] < 1e-4
     assert np.array(numbers["ablation"]["mean_loss"]).shape == (3, 2)
     assert np.array(numbers["patching"]["resid_output"]).shape == (3, 21)
+    rule = numbers["selection_rule"]
+    assert 0 <= rule["outside_share"][1] <= rule["outside_share"][0] <= rule["outside_share"][2] <= 1
+    assert rule["closest_honest"] in rule["agreement"] and set(rule["curve"]) == {"0.1", "0.8"}
+    assert len(numbers["attention_heads"]) == 6
+    assert all(set(h["scores"]) == {"content", "position", "both"} for h in numbers["attention_heads"])
+    anchors = {anchor for _, anchor in numbers["findings"]}
+    assert {"eval", "selection-rule", "agreement", "ablation", "clusters"} <= anchors
     assert (report / "attention_circuitsvis.html").exists()
     assert "cdn" not in (report / "attention_circuitsvis.html").read_text()[:2000].lower()
 
@@ -42,9 +50,11 @@ def test_report_in_headless_chromium(tiny_run, browser):
 
     pixels = mpimg.imread(BytesIO(shot), format="png")
     assert pixels.std() > 0.05, "blank screenshot"
-    for section in ("training", "eval", "attention", "clusters", "probes", "lens", "attribution", "ablation", "neurons"):
+    for section in ("training", "eval", "selection-rule", "agreement", "attention", "clusters", "probes", "lens",
+                    "attribution", "ablation", "neurons"):
         assert page.locator(f"#{section} img, #{section} table").count() > 0, section
     assert not errors, errors
+    assert page.locator("#findings li").count() >= 5
     outside = [u for u in requests if not (u.startswith("file://") or u.startswith("data:"))]
     assert not outside, outside
     # the selector switches the shown head

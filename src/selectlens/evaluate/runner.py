@@ -149,6 +149,8 @@ def gap_closed_text(t: dict[str, Any]) -> str:
     if not g:
         return "No closed-form information bound for this task, so no gap closed."
     verdict = "" if g["significant"] else " (not significantly different from 0)"
+    if g["significant"] and g["ci"][1] < 0:
+        verdict = " (negative: the model is worse than the best honest baseline)"
     return (f"Gap closed (best honest {g['best_honest']} − model)/(best honest − {g['bound']}): "
             f"{g['value']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}] (95% paired bootstrap over sequences){verdict}.")
 

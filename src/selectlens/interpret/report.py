@@ -19,9 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from selectlens.evaluate.runner import evaluate_model, heldout_batch, plot_training_curves
+from selectlens.baselines import SelectionFit, make_baselines
+from selectlens.evaluate.runner import evaluate_model, fit_summary, gap_closed_text, heldout_batch, plot_training_curves
 from selectlens.interpret import circuits, plots
 from selectlens.interpret.attention import analyze_attention, attention_patterns, describe_analysis
+from selectlens.interpret.findings import findings
+from selectlens.interpret.selection_rule import analyze_selection_rule, selection_curve_figure
 from selectlens.interpret.probes import run_probes
 from selectlens.fileio import atomic_write
 from selectlens.rundir import load_run_model, read_jsonl
@@ -56,6 +59,134 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+@dataclasses.dataclass
+class _Context:
+    """What every analysis step of :func:`interpret_run` reads (model, data) and fills (figures, numbers)."""
+
+    model: Any
+    cfg: Any
+    task: Any
+    batch: Any
+    device: str
+    progress: bool
+    pngs: dict[str, bytes]
+    numbers: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.task.loss
+
+    @property
+    def dtype(self):
+        return next(self.model.parameters()).dtype
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f"cand[{c:g}]" for c in self.task.candidates] + ["y"]
+
+    def say(self, msg: str) -> None:
+        if self.progress:
+            print(f"  interpret: {msg}", flush=True)
+
+
+def _training_and_eval(ctx: _Context, run: Path, out: Path) -> dict:
+    ctx.say("training curves and evaluation")
+    metrics = read_jsonl(run / "metrics.jsonl")
+    eval_path = run / "eval.json"
+    ev = json.loads(eval_path.read_text()) if eval_path.exists() else evaluate_model(ctx.model, ctx.cfg, device=ctx.device)
+    if "tables" not in ev:  # eval.json written before the study tables: evaluate again
+        ev = evaluate_model(ctx.model, ctx.cfg, device=ctx.device)
+    ctx.numbers["eval"] = ev
+    if metrics:
+        tmp = out / ".curves.png"
+        plot_training_curves(metrics, tmp, eval_result=ev)
+        ctx.pngs["training_curves"] = tmp.read_bytes()
+        tmp.unlink()
+    return ev
+
+
+def _attention_views(ctx: _Context, samples_shown: int) -> np.ndarray:
+    ctx.say("attention")
+    pats = attention_patterns(ctx.model, ctx.batch.tokens[:samples_shown].to(ctx.dtype)).cpu().numpy()  # [L, S, H, T, T]
+    ctx.pngs["attention_grid"] = _png(plots.attention_grid(pats, 0))
+    for l in range(pats.shape[0]):
+        for h in range(pats.shape[2]):
+            ctx.pngs[f"attention_L{l}H{h}"] = _png(plots.attention_heatmap(pats[l, 0, h], f"layer {l}, head {h}, sample 0"))
+    ctx.numbers["attention_patterns_shown"] = pats
+    return pats
+
+
+def _ablation_and_clusters(ctx: _Context) -> str:
+    ctx.say("head ablation")
+    ablation = circuits.head_ablation(ctx.model, ctx.batch, ctx.kind)
+    ctx.numbers["ablation"] = ablation
+    ctx.pngs["ablation"] = _png(plots.effects_figure(
+        {"zero-ablation Δloss": ablation["zero_loss"], "mean-ablation Δloss": ablation["mean_loss"],
+         "mean-ablation |Δprediction|": ablation["mean_output"]}, xlabel="head"))
+    ctx.say("attention clusters: which features carry them, every head")
+    heads, analysis = _attention_analyses(ctx.model, ctx.batch.tokens.to(ctx.dtype), ablation, ctx.feature_names, ctx.cfg.seed)
+    ctx.numbers["attention_heads"] = heads
+    ctx.pngs["attention_clusters"] = _png(plots.attention_analysis_figure(analysis, 0))
+    ctx.numbers["attention_analysis"] = _jsonable(analysis.roles) | {"layer": analysis.layer, "head": analysis.head,
+                                                                     "samples": analysis.samples}
+    return describe_analysis(analysis)
+
+
+SELECTION_RULE_SEQUENCES = 4000
+
+
+def _selection_rule(ctx: _Context, ev: dict) -> None:
+    """Effective weights, hull, selection curve and agreement, with the baselines fitted by the primary metric."""
+    ctx.say("selection rule")
+    table = ev["tables"]["mse"]
+    fit = SelectionFit.from_dict(table["fit"])
+    batch = heldout_batch(ctx.cfg, max(SELECTION_RULE_SEQUENCES, len(ctx.batch)), ctx.device)
+    pred = ctx.model.predict_in_chunks(batch.tokens.to(ctx.dtype))
+    rule = analyze_selection_rule(pred, batch, make_baselines(ctx.task, fit), kind=fit.metric, temperature=fit.temperature)
+    ctx.numbers["selection_rule"] = _jsonable(rule)
+    ctx.pngs["selection_curve"] = _png(selection_curve_figure(rule))
+
+
+def _probes_lens_attribution(ctx: _Context) -> None:
+    model, batch, kind, cfg = ctx.model, ctx.batch, ctx.kind, ctx.cfg
+    ctx.say("probes")
+    probes = run_probes(model, batch, kind, ctx.task.candidates, seed=cfg.seed)
+    ctx.numbers["probes"] = {p.name: {"metric": p.metric, "chance": p.chance, "scores": p.scores,
+                                      "best": float(p.scores.max()),
+                                      "best_at": [int(i) for i in np.unravel_index(int(np.argmax(p.scores)), p.scores.shape)],
+                                      "last_position_by_layer": p.scores[:, -1]} for p in probes}
+    ctx.pngs["probes"] = _png(plots.probe_figure(probes))
+    ctx.say("logit lens")
+    lens = circuits.logit_lens(model, batch, kind)
+    ctx.numbers["logit_lens_error"] = lens["error"]
+    ctx.pngs["logit_lens"] = _png(plots.logit_lens_figure(lens["error"], kind))
+    ctx.say("direct attribution")
+    attr = circuits.direct_attribution(model, batch.tokens.to(ctx.dtype))
+    ctx.numbers["attribution"] = {"components": attr.components, "mean": attr.values.mean(0),
+                                  "mean_abs": np.abs(attr.values).mean(0),
+                                  "max_reconstruction_error": float(np.abs(attr.values.sum(1) - attr.output).max())}
+    ctx.pngs["attribution"] = _png(plots.attribution_figure(attr.components, attr.values))
+
+
+def _patching_and_neurons(ctx: _Context, sequences: int) -> None:
+    cfg, device = ctx.cfg, ctx.device
+    ctx.say("activation patching between sequences that differ only in alpha")
+    a_lo, a_hi = min(cfg.data.data_alphas), max(cfg.data.data_alphas)
+    if a_lo != a_hi:
+        gen = make_generator(stream_seed(cfg.seed, PATCH_STREAM), device)
+        clean, corrupt = circuits.paired_alpha_batches(ctx.task, min(sequences, 256), gen, a_lo, a_hi)
+        patch = circuits.activation_patching(ctx.model, clean, corrupt, ctx.kind)
+        ctx.numbers["patching"] = {"alpha_clean": a_lo, "alpha_corrupt": a_hi, **patch}
+        ctx.pngs["patching"] = _png(plots.effects_figure(
+            {"resid_pre patched (effect, 1 = clean)": patch["resid_output"]}, xlabel="position"))
+        ctx.pngs["patching_heads"] = _png(plots.effects_figure(
+            {"head z patched (effect)": patch["head_output"]}, xlabel="head"))
+    ctx.say("MLP neurons")
+    neurons = circuits.neuron_statistics(ctx.model, ctx.batch.tokens.to(ctx.dtype))
+    ctx.numbers["neurons"] = neurons
+    ctx.pngs["neurons"] = _png(plots.neuron_figure(neurons))
+
+
 def interpret_run(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -73,90 +204,16 @@ def interpret_run(
         from selectlens.interpret.raw_report import interpret_raw_run
 
         return interpret_raw_run(run, out, model, cfg, sequences=sequences, device=device, progress=progress)
-    task = make_task(cfg, device=device)
-    kind = task.loss
-    batch = heldout_batch(cfg, sequences, device)
-    dtype = next(model.parameters()).dtype
-    feature_names = [f"cand[{c:g}]" for c in task.candidates] + ["y"]
-
-    def say(msg: str) -> None:
-        if progress:
-            print(f"  interpret: {msg}", flush=True)
-
-    pngs: dict[str, bytes] = {}
-    numbers: dict[str, Any] = {"run": str(run), "sequences": sequences, "task": cfg.data.task_name}
-
-    say("training curves and evaluation")
-    metrics = read_jsonl(run / "metrics.jsonl")
-    eval_path = run / "eval.json"
-    if eval_path.exists():
-        ev = json.loads(eval_path.read_text())
-    else:
-        ev = evaluate_model(model, cfg, device=device)
-    numbers["eval"] = ev
-    if metrics:
-        tmp = out / ".curves.png"
-        plot_training_curves(metrics, tmp, eval_result=ev)
-        pngs["training_curves"] = tmp.read_bytes()
-        tmp.unlink()
-
-    say("attention")
-    pats = attention_patterns(model, batch.tokens[:samples_shown].to(dtype)).cpu().numpy()  # [L, S, H, T, T]
-    pngs["attention_grid"] = _png(plots.attention_grid(pats, 0))
-    for l in range(pats.shape[0]):
-        for h in range(pats.shape[2]):
-            pngs[f"attention_L{l}H{h}"] = _png(plots.attention_heatmap(pats[l, 0, h], f"layer {l}, head {h}, sample 0"))
-    numbers["attention_patterns_shown"] = pats
-
-    say("head ablation")
-    ablation = circuits.head_ablation(model, batch, kind)
-    numbers["ablation"] = ablation
-    pngs["ablation"] = _png(plots.effects_figure(
-        {"zero-ablation Δloss": ablation["zero_loss"], "mean-ablation Δloss": ablation["mean_loss"],
-         "mean-ablation |Δprediction|": ablation["mean_output"]}, xlabel="head"))
-
-    say("attention clusters: which features carry them, every head")
-    numbers["attention_heads"], analysis = _attention_analyses(model, batch.tokens.to(dtype), ablation, feature_names, cfg.seed)
-    pngs["attention_clusters"] = _png(plots.attention_analysis_figure(analysis, 0))
-    numbers["attention_analysis"] = _jsonable(analysis.roles) | {"layer": analysis.layer, "head": analysis.head,
-                                                                 "samples": analysis.samples}
-    cluster_text = describe_analysis(analysis)
-
-    say("probes")
-    probes = run_probes(model, batch, kind, task.candidates, seed=cfg.seed)
-    numbers["probes"] = {p.name: {"metric": p.metric, "chance": p.chance, "scores": p.scores,
-                                  "best": float(p.scores.max()),
-                                  "best_at": [int(i) for i in np.unravel_index(int(np.argmax(p.scores)), p.scores.shape)],
-                                  "last_position_by_layer": p.scores[:, -1]} for p in probes}
-    pngs["probes"] = _png(plots.probe_figure(probes))
-
-    say("logit lens")
-    lens = circuits.logit_lens(model, batch, kind)
-    numbers["logit_lens_error"] = lens["error"]
-    pngs["logit_lens"] = _png(plots.logit_lens_figure(lens["error"], kind))
-
-    say("direct attribution")
-    attr = circuits.direct_attribution(model, batch.tokens.to(dtype))
-    numbers["attribution"] = {"components": attr.components, "mean": attr.values.mean(0),
-                              "mean_abs": np.abs(attr.values).mean(0),
-                              "max_reconstruction_error": float(np.abs(attr.values.sum(1) - attr.output).max())}
-    pngs["attribution"] = _png(plots.attribution_figure(attr.components, attr.values))
-
-    say("activation patching between sequences that differ only in alpha")
-    a_lo, a_hi = min(cfg.data.data_alphas), max(cfg.data.data_alphas)
-    if a_lo != a_hi:
-        clean, corrupt = circuits.paired_alpha_batches(task, min(sequences, 256), make_generator(stream_seed(cfg.seed, PATCH_STREAM), device), a_lo, a_hi)
-        patch = circuits.activation_patching(model, clean, corrupt, kind)
-        numbers["patching"] = {"alpha_clean": a_lo, "alpha_corrupt": a_hi, **patch}
-        pngs["patching"] = _png(plots.effects_figure(
-            {"resid_pre patched (effect, 1 = clean)": patch["resid_output"]}, xlabel="position")) 
-        pngs["patching_heads"] = _png(plots.effects_figure(
-            {"head z patched (effect)": patch["head_output"]}, xlabel="head"))
-
-    say("MLP neurons")
-    neurons = circuits.neuron_statistics(model, batch.tokens.to(dtype))
-    numbers["neurons"] = neurons
-    pngs["neurons"] = _png(plots.neuron_figure(neurons))
+    ctx = _Context(model, cfg, make_task(cfg, device=device), heldout_batch(cfg, sequences, device), device, progress,
+                   {}, {"run": str(run), "sequences": sequences, "task": cfg.data.task_name})
+    ev = _training_and_eval(ctx, run, out)
+    pats = _attention_views(ctx, samples_shown)
+    cluster_text = _ablation_and_clusters(ctx)
+    _selection_rule(ctx, ev)
+    _probes_lens_attribution(ctx)
+    _patching_and_neurons(ctx, sequences)
+    pngs, numbers, feature_names = ctx.pngs, ctx.numbers, ctx.feature_names
+    numbers["findings"] = findings(ev, numbers)
 
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -222,6 +279,41 @@ def _script_json(obj: Any) -> str:
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
+def _eval_table(t: dict) -> str:
+    esc = html.escape
+    rows = []
+    for pname, e in t["predictors"].items():
+        paired = "" if pname == "model" else f"{e['paired_diff']:+.5f} [{e['paired_diff_ci'][0]:+.5f}, {e['paired_diff_ci'][1]:+.5f}]"
+        rows.append(f"<tr><td>{esc(pname)}</td><td>{esc(e['sees'])}</td><td>{e['mean']:.5f}</td>"
+                    f"<td>[{e['ci_low']:.5f}, {e['ci_high']:.5f}]</td><td>{paired}</td></tr>")
+    return (f"<h3>{esc(t['metric_name'])}</h3><table><tr><th>predictor</th><th>sees</th><th>{esc(t['metric_name'])}</th>"
+            f"<th>95% CI</th><th>baseline − model (paired 95% CI)</th></tr>{''.join(rows)}</table>"
+            f"<p>{esc(fit_summary(t))}</p><p>{esc(gap_closed_text(t))}</p>")
+
+
+def _rule_html(numbers: dict, pngs: dict[str, bytes]) -> str:
+    r = numbers.get("selection_rule")
+    if not r:
+        return ""
+    esc = html.escape
+    fmt = lambda v: f"{v[0]:.4g} [{v[1]:.4g}, {v[2]:.4g}]"  # noqa: E731
+    alphas = list(next(iter(r["agreement"].values()))["per_alpha"])
+    agree_rows = "".join(
+        f"<tr><td>{esc(n)}</td><td>{esc(v['sees'])}</td><td>{fmt(v['all'])}</td>"
+        + "".join(f"<td>{fmt(v['per_alpha'][a])}</td>" for a in alphas) + "</tr>"
+        for n, v in sorted(r["agreement"].items(), key=lambda kv: kv[1]["all"][0]))
+    weights = ", ".join(f"{'all' if k == 'all' else 'α=' + k}: {fmt(v)}" for k, v in r["weight_summary"].items())
+    return f"""<section id="selection-rule"><h2>The model's selection rule</h2>
+<p>Effective weight on candidate 1, a = (p − ŷ₂)/(ŷ₁ − ŷ₂), where |ŷ₁ − ŷ₂| &gt; {r['threshold']:g}
+({100 * r['defined_share']:.1f}% of sequences): {esc(weights)}.
+Outside the candidates' hull: {fmt(r['outside_share'])} of sequences; distance when outside {fmt(r['outside_distance'])}
+({fmt(r['outside_relative'])} of the candidates' spread).</p>
+{_img(pngs, 'selection_curve', 'selection curve')}</section>
+<section id="agreement"><h2>Agreement with each rule</h2>
+<p>Mean squared distance between the model's predictions and each predictor's (not the target), 95% CI; closest first.</p>
+<table><tr><th>predictor</th><th>sees</th><th>all</th>{''.join(f'<th>α={esc(a)}</th>' for a in alphas)}</tr>{agree_rows}</table></section>"""
+
+
 def _attention_rows(heads: list[dict]) -> str:
     def acc(s: dict) -> str:
         mark = "" if s["above_null"] else " (n.s.)"
@@ -243,11 +335,7 @@ def render_html(cfg, ev: dict, pngs: dict[str, bytes], numbers: dict, cluster_te
         f"<tr><td>{esc(section)}</td><td><code>{esc(json.dumps(value))}</code></td></tr>"
         for section, value in cfg.to_dict().items()
     )
-    eval_rows = []
-    for pname, e in ev["predictors"].items():
-        paired = "" if pname == "model" else f"{e['paired_diff']:+.5f} [{e['paired_diff_ci'][0]:+.5f}, {e['paired_diff_ci'][1]:+.5f}]"
-        eval_rows.append(f"<tr><td>{esc(pname)}{' (oracle)' if e.get('oracle') else ''}</td><td>{e['mse']:.5f}</td>"
-                         f"<td>[{e['ci_low']:.5f}, {e['ci_high']:.5f}]</td><td>{paired}</td></tr>")
+    eval_html = "".join(_eval_table(t) for t in ev["tables"].values())
     probe_rows = "".join(
         f"<tr><td>{esc(k)}</td><td>{v['metric']}</td><td>{v['best']:.3f}</td><td>layer {v['best_at'][0]}, position {v['best_at'][1]}</td>"
         f"<td>{' / '.join(f'{x:.3f}' for x in v['last_position_by_layer'])}</td></tr>"
@@ -283,9 +371,13 @@ section {{ margin-bottom: 2em; }} canvas {{ border: 1px solid #ccc; image-render
 <h1>SelectLens report: <span id="run-name">{esc(name)}</span></h1>
 <p id="run-notes">{esc(notes)}</p>
 <p>{esc(cfg.data.task_name)} task; {numbers['sequences']} held-out sequences for the analyses.</p>
+<section id="findings"><h2>Findings</h2><p>Generated from the numbers below; each links to its panel.</p>
+<ul>{''.join(f"<li>{esc(text)} <a href='#{anchor}'>[{anchor}]</a></li>" for text, anchor in numbers['findings'])}</ul></section>
 <section id="training"><h2>Training</h2>{_img(pngs, 'training_curves', 'training curves')}</section>
-<section id="eval"><h2>Evaluation ({ev['sequences']} held-out sequences)</h2>
-<table><tr><th>predictor</th><th>MSE</th><th>95% CI</th><th>baseline − model (paired 95% CI)</th></tr>{''.join(eval_rows)}</table></section>
+<section id="eval"><h2>Evaluation ({ev['sequences']} held-out sequences)</h2>{eval_html}
+<p>Sees: honest = only the tokens; latent = also α (and x); oracle = the answer; bound = a reference no predictor of
+the tokens beats in expectation (not a competitor).</p></section>
+{_rule_html(numbers, pngs)}
 <section id="attention"><h2>Attention</h2>
 <label>head <select id="head-select">{options}</select></label>
 <label>sample <select id="sample-select">{sample_opts}</select></label>

@@ -1,0 +1,100 @@
+"""The report's opening findings, generated from the numbers (no hand-written claims).
+
+Each finding is ``(text, anchor)``: one sentence and the id of the report panel it comes from. The
+wording follows the confidence intervals: a difference whose CI includes 0 is called "not
+significant", never a win.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ci(v) -> str:
+    return f"[{v[0]:.3g}, {v[1]:.3g}]"
+
+
+def _versus(name: str, e: dict[str, Any], metric: str) -> str:
+    lo, hi = e["paired_diff_ci"]
+    if lo > 0:
+        verdict = "the model is better"
+    elif hi < 0:
+        verdict = f"{name} is better"
+    else:
+        verdict = "not significant"
+    return (f"model vs {name} ({metric}): {name} − model = {e['paired_diff']:+.4g}, paired 95% CI "
+            f"[{lo:+.4g}, {hi:+.4g}] — {verdict}")
+
+
+def eval_findings(ev: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where the model stands: against the best honest baseline (chosen on training data) and, where
+    there is one, as a share of the gap to the information bound."""
+    out = []
+    for t in ev["tables"].values():
+        best, preds = t["best_honest"], t["predictors"]
+        text = _versus(best, preds[best], t["metric_name"]) + f" (best honest baseline on training data: {best})"
+        if "context_validation_select" != best:
+            text += "; " + _versus("context_validation_select", preds["context_validation_select"], t["metric_name"])
+        out.append((text + ".", "eval"))
+        g = t.get("gap_closed")
+        if g:
+            sig = "" if g["significant"] else " — not significantly different from 0"
+            if g["significant"] and g["ci"][1] < 0:
+                sig = " — negative: the model is worse than that baseline"
+            out.append((f"Gap closed between the best honest baseline ({best}) and the full-information bound: "
+                        f"{g['value']:.3f} {_ci(g['ci'])} (paired bootstrap){sig}. The bound sees x and is not a "
+                        f"competitor; 1 would mean the model reaches it.", "eval"))
+        else:
+            out.append(("No closed-form information bound exists for this task, so no gap closed is reported.", "eval"))
+    return out
+
+
+def rule_findings(rule: dict[str, Any]) -> list[tuple[str, str]]:
+    share, dist, rel = rule["outside_share"], rule["outside_distance"], rule["outside_relative"]
+    hull = (f"The model's prediction lies outside the candidates' hull in {100 * share[0]:.1f}% "
+            f"[{100 * share[1]:.1f}, {100 * share[2]:.1f}] of sequences")
+    hull += (f", by {dist[0]:.3g} {_ci(dist[1:])} on average when outside ({rel[0]:.2f}× the candidates' spread)."
+             if share[0] > 0 else ".")
+    a = rule["agreement"]
+    first, second, m = rule["closest_honest"], rule["runner_up"], rule["closest_margin"]
+    agree = (f"Of the honest rules it agrees most with {first} (mean squared distance between predictions "
+             f"{a[first]['all'][0]:.3g} {_ci(a[first]['all'][1:])})")
+    if second:
+        sig = "significantly" if m[1] > 0 else "not significantly"
+        agree += f", {sig} closer than to {second} ({a[second]['all'][0]:.3g}; paired difference CI {_ci(m[1:])})"
+    if rule["closest_any"] != first:
+        agree += f"; of all predictors (including latent and bound) it is closest to {rule['closest_any']}"
+    return [(hull, "selection-rule"), (agree + ".", "agreement")]
+
+
+def ablation_findings(ablation: dict[str, Any], top: int = 2) -> list[tuple[str, str]]:
+    import numpy as np
+
+    loss = np.asarray(ablation["mean_loss"])
+    H = loss.shape[1]
+    order = np.argsort(-loss, axis=None)[:top]
+    parts = [f"L{i // H}H{i % H} ({loss.flat[i]:+.4g})" for i in order]
+    return [("Mean-ablating these heads raises the loss most: " + ", ".join(parts) + ".", "ablation")]
+
+
+def attention_findings(heads: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    if not heads:
+        return []
+    verdicts: dict[str, list[str]] = {}
+    for h in heads:
+        verdicts.setdefault(h["carried_by"].split(":")[0], []).append(f"L{h['layer']}H{h['head']}")
+    parts = [f"{v} in {len(hs)}/{len(heads)} heads ({', '.join(hs)})" for v, hs in verdicts.items()]
+    content_sig = sum(h["scores"]["content"]["above_null"] for h in heads)
+    return [("The attention clusters (held-out sequences, beside majority-class and permutation nulls) are carried by "
+             + "; ".join(parts) + f". Content alone is above its null in {content_sig}/{len(heads)} heads.", "clusters")]
+
+
+def findings(ev: dict[str, Any], numbers: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every finding, in the report's order."""
+    out = eval_findings(ev)
+    if "selection_rule" in numbers:
+        out += rule_findings(numbers["selection_rule"])
+    if "ablation" in numbers:
+        out += ablation_findings(numbers["ablation"])
+    out += attention_findings(numbers.get("attention_heads", []))
+    return out

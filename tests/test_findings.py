@@ -1,0 +1,36 @@
+"""The report's findings are generated from the numbers and never overstate them."""
+
+from selectlens.interpret.findings import attention_findings, eval_findings, rule_findings
+
+
+def _table(diff_ci, gap_ci, significant):
+    e = {"paired_diff": sum(diff_ci) / 2, "paired_diff_ci": list(diff_ci)}
+    return {"metric_name": "squared error", "best_honest": "context_stacking",
+            "predictors": {"model": {}, "context_stacking": e, "context_validation_select": e},
+            "gap_closed": {"best_honest": "context_stacking", "bound": "bayes_full_information",
+                           "value": sum(gap_ci) / 2, "ci": list(gap_ci), "significant": significant}}
+
+
+def test_eval_findings_follow_the_confidence_intervals():
+    text = " ".join(t for t, _ in eval_findings({"tables": {"mse": _table((-0.001, 0.004), (-0.1, 0.5), False)}}))
+    assert "not significant" in text and "not significantly different from 0" in text and "model is better" not in text
+    text = " ".join(t for t, _ in eval_findings({"tables": {"mse": _table((0.002, 0.004), (0.1, 0.3), True)}}))
+    assert "the model is better" in text and "0.200 [0.1, 0.3]" in text and "not significant" not in text
+    text = " ".join(t for t, _ in eval_findings({"tables": {"mse": _table((-0.004, -0.002), (-0.6, -0.2), True)}}))
+    assert "context_stacking is better" in text and "worse than that baseline" in text
+    no_bound = _table((0.002, 0.004), (0, 0), True) | {"gap_closed": None}
+    assert any("No closed-form information bound" in t for t, _ in eval_findings({"tables": {"mse": no_bound}}))
+
+
+def test_rule_and_attention_findings():
+    agreement = {"context_stacking": {"all": [0.01, 0.009, 0.011]}, "context_validation_select": {"all": [0.02, 0.018, 0.022]}}
+    rule = {"outside_share": [0.25, 0.2, 0.3], "outside_distance": [0.05, 0.04, 0.06], "outside_relative": [0.5, 0.4, 0.6],
+            "agreement": agreement, "closest_honest": "context_stacking", "runner_up": "context_validation_select",
+            "closest_margin": [0.01, -0.001, 0.02], "closest_any": "context_stacking"}
+    (hull, a1), (agree, a2) = rule_findings(rule)
+    assert "25.0% [20.0, 30.0]" in hull and a1 == "selection-rule" and a2 == "agreement"
+    assert "not significantly closer than to context_validation_select" in agree
+    heads = [{"layer": 0, "head": h, "carried_by": "position: content alone is not above the null",
+              "scores": {"content": {"above_null": False}}} for h in range(2)]
+    (text, anchor), = attention_findings(heads)
+    assert "position in 2/2 heads" in text and "Content alone is above its null in 0/2 heads" in text and anchor == "clusters"
