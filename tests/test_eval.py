@@ -90,3 +90,33 @@ def test_eval_json_contract(cli, tmp_path):
     # the held-out set is fixed: a second evaluation gives identical numbers
     again = json.loads(cli("eval", "--run", str(run), "--sequences", "1000", "--json").stdout)
     assert again == out
+
+
+def test_classification_eval_reports_brier_and_log_loss_with_baselines_fitted_by_each(tmp_path):
+    from selectlens.config import load_config
+    from selectlens.evaluate import eval_markdown, evaluate_model
+    from selectlens.train import train
+
+    cfg = load_config("classification", ["data.N=12", "data.d_d=3", "data.data_alphas=[0.5,4]",
+                                         "data.train_samp_per_class=200", "training.epochs=1", "training.batch_size=50",
+                                         "eval.temperature_sequences=200", "model.n_embd=16", "model.n_layer=1"])
+    assert cfg.training.loss == "bce"  # the classification presets train on the logit
+    run = train(cfg, tmp_path / "run", progress=False).run_dir
+    from selectlens.rundir import load_run_model
+
+    m, cfg = load_run_model(run)
+    out = evaluate_model(m, cfg, sequences=400)
+    assert set(out["tables"]) == {"mse", "bce"}
+    brier, logloss = out["tables"]["mse"], out["tables"]["bce"]
+    assert brier["metric_name"] == "Brier score" and logloss["metric_name"] == "log-loss"
+    assert brier["gap_closed"] is None and "bayes_full_information" not in brier["predictors"]
+    assert brier["fit"]["metric"] == "mse" and logloss["fit"]["metric"] == "bce"
+    assert brier["fit"]["stacking"]["kind"] == "logistic"
+    for t in (brier, logloss):
+        assert t["best_honest"] == min(t["fit"]["train_losses"], key=t["fit"]["train_losses"].get)
+        for name, e in t["predictors"].items():
+            assert e["ci_low"] <= e["mean"] <= e["ci_high"]
+    # the model's row is the same predictions scored two ways: log-loss ≥ Brier for probabilities
+    assert logloss["predictors"]["model"]["mean"] > brier["predictors"]["model"]["mean"]
+    text = eval_markdown(out)
+    assert "## Brier score" in text and "## log-loss" in text and "No closed-form information bound" in text

@@ -33,6 +33,15 @@ def test_train_writes_run_dir_and_metrics(tmp_path):
     assert (run / "config.json").exists() and (run / "model.safetensors").exists()
     state = torch.load(checkpoint_dirs(run)[-1][1] / "state.pt", weights_only=True)
     assert state["epoch"] == 3 and "optimizer" in state and "data_rng" in state
+    # the baselines' fit (temperatures, stacking penalties, best honest) is stored and is the evaluator's fit
+    from selectlens.baselines import SelectionFit, fit_selection_baselines
+    from selectlens.tasks import make_task
+
+    cfg = _cfg("training.epochs=3")
+    stored = SelectionFit.from_dict(state["baseline_fit"])
+    assert stored == fit_selection_baselines(make_task(cfg), cfg.seed, cfg.eval.temperature_sequences, "mse")
+    assert state["temperature"] == stored.temperature and stored.stacking is not None
+    assert {"context_stacking", "bayes_full_information", "oracle_softmax_ensemble_original"} <= set(lines[-1]["baselines"])
 
 
 def test_resume_matches_uninterrupted_run_bitwise(tmp_path):
