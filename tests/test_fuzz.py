@@ -18,6 +18,7 @@ import selectlens.interpret.report
 import selectlens.interpret.tl_export
 import selectlens.model
 import selectlens.tasks
+import selectlens.tasks.io
 import selectlens.train
 from selectlens.cli import main
 from selectlens.config import Config, ConfigError, config_from_dict
@@ -41,6 +42,8 @@ def stub_heavy_work(monkeypatch):
                       (selectlens.benchmarks.train, "bench_train"), (selectlens.interpret.tl_export, "export_for_transformer_lens")]:
         monkeypatch.setattr(mod, name, stop)
     monkeypatch.setattr(selectlens.tasks, "make_task", stop)
+    monkeypatch.setattr(selectlens.tasks.io, "write_data_file", stop)
+    monkeypatch.setattr(selectlens.evaluate, "heldout_batch", stop)
     monkeypatch.setattr(selectlens.model, "import_legacy_state_dict", stop)
 
 
@@ -125,12 +128,12 @@ def test_fuzz_raw_yaml_text(text, tmp_path_factory, capsys):
 # ---------------------------------------------------------------------------- flags
 
 OPTIONS = {
-    "data": ["--config", "--set", "--sequences", "--seed", "--device", "--out", "--force"],
+    "data": ["--config", "--set", "--sequences", "--seed", "--device", "--heldout", "--run", "--out", "--force"],
     "train": ["--config", "--set", "--out", "--resume", "--force", "--max-minutes", "--seed", "--device", "--quiet"],
     "eval": ["--run", "--sequences", "--device", "--json"],
     "predict": ["--run", "--data", "--out", "--force", "--device"],
     "import": ["--checkpoint", "--config", "--set", "--out", "--force"],
-    "run": ["--config", "--set", "--out", "--force", "--max-minutes", "--quiet"],
+    "run": ["--config", "--set", "--out", "--force", "--max-minutes", "--seed", "--device", "--quiet"],
     "interpret": ["--run", "--out", "--sequences", "--device", "--quiet"],
     "export-tl": ["--run", "--out", "--force"],
     "bench datagen": ["--task", "--config", "--set", "--device", "--sequences", "--reference-sequences", "--json"],
@@ -149,7 +152,7 @@ def argvs(draw, command):
     argv = command.split()
     for opt in draw(st.lists(st.sampled_from(OPTIONS[command] + ["--nope", "-x"]), max_size=5)):
         argv.append(opt)
-        if opt not in ("--force", "--resume", "--quiet", "--json") and draw(st.integers(0, 9)) > 0:
+        if opt not in ("--force", "--resume", "--quiet", "--json", "--heldout") and draw(st.integers(0, 9)) > 0:
             argv.append(draw(FLAG_VALUES))
     return argv
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import click
 
-from selectlens.config import Config, check_device, load_config
+from selectlens.config import Config, ConfigError, check_device, config_differences, load_config, presets, presets_help
 from selectlens.errors import SelectLensError
 from selectlens.rundir import check_new_run_dir
 
-CONFIG_HELP = ("Config file, or a preset name (default, model_selection, classification, mixed_noise_cpu, "
-               "linear_or_logistic_cpu, …). Default: default.")
+CONFIG_HELP = presets_help()
 SET_HELP = "Override a config value, e.g. --set training.lr=1e-3 (repeatable)."
 
 
@@ -42,25 +41,55 @@ def cli() -> None:
 @click.option("--config", "config", default=None, help=CONFIG_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--sequences", type=click.IntRange(min=1), default=None,
-              help="Number of sequences (default: data.train_samp_per_class).")
+              help="Number of sequences (default: data.train_samp_per_class; with --heldout: eval.sequences).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the config's).")
-@click.option("--device", default=None, help="torch device (default: the config's).")
+@click.option("--device", default=None, help="torch device (default: the config's; with --heldout: the run's).")
+@click.option("--heldout", is_flag=True, help="Export the held-out set that `eval` uses for --run (same sequences, same order).")
+@click.option("--run", "run", default=None, type=click.Path(path_type=Path), help="Run directory (with --heldout).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=True, path_type=Path),
               help="Output .safetensors file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def data(config, overrides, sequences, seed, device, out, force) -> None:
+def data(config, overrides, sequences, seed, device, heldout, run, out, force) -> None:
     """Generate sequences and write them, with their ground truth, to a safetensors file."""
-    from selectlens.tasks import make_generator, make_task, save_task_batch
-    from selectlens.tasks.io import check_writable
+    from selectlens.tasks.io import check_writable, write_data_file
 
+    if heldout:
+        _export_heldout(run, sequences, device, out, force, given=bool(config or overrides or seed is not None))
+        return
+    if run is not None:
+        raise click.UsageError("--run goes with --heldout")
     cfg = _config(config, overrides, seed=seed, device=device)
     check_writable(out, force=force)  # fail before spending time on generation
-    dev = check_device(cfg.device)
+    dev = str(check_device(cfg.device))
     n = sequences or cfg.data.train_samp_per_class
-    task = make_task(cfg, device=dev)
-    batch = task.sample(n, make_generator(cfg.seed, dev))
-    path = save_task_batch(out, batch, cfg, force=force)
-    click.echo(f"wrote {n} {cfg.data.task_name} sequences (tokens {list(batch.tokens.shape)}) to {path}")
+    path = write_data_file(out, cfg, n, device=dev, force=force)
+    click.echo(f"wrote {n} {cfg.data.task_name} sequences (tokens {[n, *_token_shape(cfg)]}) to {path}")
+
+
+def _token_shape(cfg: Config) -> list[int]:
+    return [cfg.data.n_positions, cfg.data.n_features]
+
+
+def _export_heldout(run: Path | None, sequences: int | None, device: str | None, out: Path, force: bool, given: bool) -> None:
+    """``data --heldout --run R``: the exact held-out set of ``eval`` (its seed stream, count and device)."""
+    from selectlens.evaluate import heldout_batch
+    from selectlens.rundir import read_run_config
+    from selectlens.tasks.io import check_finite_batch, check_writable, save_task_batch
+    from selectlens.tasks.memory import check_memory, generation_bytes
+
+    if run is None:
+        raise click.UsageError("--heldout needs --run RUN, the run whose eval held-out set to export")
+    if given:
+        raise click.UsageError("--heldout takes the run's own config; drop --config/--set/--seed")
+    check_writable(out, force=force)
+    cfg = read_run_config(run)
+    dev = _run_device(run, device)
+    n = sequences or cfg.eval.sequences
+    check_memory(generation_bytes(cfg, n), f"the held-out set of {n:,} sequences", dev, "lower --sequences")
+    batch = heldout_batch(cfg, n, dev)
+    check_finite_batch(batch, cfg)
+    path = save_task_batch(out, batch.to("cpu"), cfg, force=force)
+    click.echo(f"wrote the {n} held-out sequences of {run} (tokens {list(batch.tokens.shape)}) to {path}")
 
 
 def _default_run_dir(cfg: Config, out: Path | None) -> Path:
@@ -86,10 +115,12 @@ def train(config, overrides, out, resume, force, max_minutes, seed, device, quie
 
     if resume and force:
         raise click.UsageError("--resume and --force exclude each other")
+    if resume and out is None:
+        raise click.UsageError("--resume needs --out RUN, the run directory to continue")
     cfg = _config(config, overrides, seed=seed, device=device)
     run = _default_run_dir(cfg, out)
     if resume and (config or overrides or seed is not None or device is not None):
-        raise click.UsageError("--resume continues a run with its own config.json; drop --config/--set/--seed/--device")
+        _check_resume_config(run, cfg)
     ctx = distributed.env_context()
     if not resume and ctx.is_main:
         check_new_run_dir(run, force=force)
@@ -113,6 +144,17 @@ def _train_args(config, overrides, run, resume, force, max_minutes, seed, device
     args += ["--seed", str(seed)] if seed is not None else []
     args += ["--device", device] if device else []
     return args
+
+
+def _check_resume_config(run: Path, cfg: Config) -> None:
+    """``--resume`` with ``--config``/``--set``/``--seed``/``--device``: accepted when they resolve to
+    the run's own config (``out_dir`` aside), else one line naming the keys that differ."""
+    from selectlens.rundir import read_run_config
+
+    differ = config_differences(read_run_config(run), cfg)
+    if differ:
+        shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
+        raise click.UsageError(f"--resume continues {run} with its own config.json; the given config differs in {shown}")
 
 
 def _report_training(result) -> None:
@@ -148,56 +190,80 @@ def evaluate(run, sequences, device, as_json) -> None:
         click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+def _run_device(run: Path, device: str | None) -> str:
+    """``--device`` if given (it must exist), else the run's device, falling back to CPU with a
+    one-line notice when this machine lacks it."""
+    if device:
+        return str(check_device(device))
+    from selectlens.rundir import read_run_config
+
+    wanted = read_run_config(run).device
+    try:
+        return str(check_device(wanted))
+    except ConfigError:
+        click.echo(f"notice: the run's device {wanted} is not available here; using cpu", err=True)
+        return "cpu"
+
+
 def _run_eval(run: Path, sequences: int | None, device: str | None):
     from selectlens.evaluate import evaluate_model, write_eval
     from selectlens.rundir import load_run_model, read_jsonl
 
-    dev = str(check_device(device)) if device else None
-    model, cfg = load_run_model(run)  # evaluate_model moves it to --device, else the run's device
+    dev = _run_device(run, device)
+    model, cfg = load_run_model(run)  # evaluate_model moves it to the device
     result = evaluate_model(model, cfg, sequences=sequences, device=dev)
     paths = write_eval(run, result, read_jsonl(run / "metrics.jsonl"))
+    if result.get("non_finite"):
+        click.echo(f"warning: the evaluation holds non-finite values ({', '.join(result['non_finite'][:3])}"
+                   f"{', …' if len(result['non_finite']) > 3 else ''}); see non_finite in eval.json", err=True)
     return result, paths
 
 
 @cli.command()
 @click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run directory.")
-@click.option("--data", "data_file", required=True, type=click.Path(path_type=Path), help="A file written by `selectlens data`.")
+@click.option("--data", "data_file", required=True, type=click.Path(path_type=Path),
+              help="A safetensors file with a `tokens` tensor [B, T, F] (e.g. from `selectlens data`); "
+                   "with a `target` tensor the loss is printed too.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output .safetensors with tensor `prediction`: [B], or [B, N] (every x position) for raw tasks.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-@click.option("--device", default=None, help="torch device (default: cpu).")
+@click.option("--device", default=None, help="torch device (default: the run's; cpu when absent here).")
 def predict(run, data_file, out, force, device) -> None:
     """Apply a run's model to a data file."""
     from selectlens.fileio import atomic_write, safetensors_bytes
     from selectlens.rundir import load_run_model
-    from selectlens.tasks import RawBatch, load_task_batch
-    from selectlens.tasks.io import DataFileError, check_writable
+    from selectlens.tasks.io import DataFileError, check_writable, load_tokens
 
     check_writable(out, force=force)
-    dev = check_device(device or "cpu")
+    dev = _run_device(run, device)
     model, cfg = load_run_model(run, device=dev)
-    batch, data_cfg = load_task_batch(data_file)
-    if batch.tokens.shape[-1] != model.spec.n_features or batch.tokens.shape[1] > model.spec.n_positions:
+    tokens, target, data_cfg = load_tokens(data_file)
+    if tokens.shape[-1] != model.spec.n_features or tokens.shape[1] > model.spec.n_positions:
         raise DataFileError(
-            f"{data_file}: tokens {list(batch.tokens.shape[1:])} do not fit the model "
+            f"{data_file}: tokens {list(tokens.shape[1:])} do not fit the model "
             f"(needs width {model.spec.n_features}, length <= {model.spec.n_positions})"
         )
-    if cfg.data.is_raw != isinstance(batch, RawBatch):
+    if data_cfg is not None and cfg.data.is_raw != data_cfg.data.is_raw:
         raise DataFileError(f"{data_file}: a {data_cfg.data.task_name} data file does not fit the run's "
                             f"{cfg.data.task_name} model")
-    dtype = next(model.parameters()).dtype
-    tokens = batch.tokens.to(dev, dtype)
+    if cfg.data.is_raw and tokens.shape[1] % 2:
+        raise DataFileError(f"{data_file}: tokens have {tokens.shape[1]} positions; interleaved (x, y) tokens need an even count")
+    tokens = tokens.to(dev, next(model.parameters()).dtype)
     pred = (model.predict_x_positions(tokens) if cfg.data.is_raw else model.predict_in_chunks(tokens)).cpu()
+    if target is not None and tuple(target.shape) != tuple(pred.shape):
+        raise DataFileError(f"{data_file}: 'target' has shape {list(target.shape)}, the predictions {list(pred.shape)}")
     atomic_write(out, safetensors_bytes({"prediction": pred}, {"run": str(run), "data": str(data_file)}))
     click.echo(f"wrote {pred.shape[0]} predictions {list(pred.shape)} to {out}")
-    if cfg.data.is_raw:
-        mse = ((pred.double() - batch.target.double()) ** 2).mean().item()
-        click.echo(f"MSE over all x positions: {mse:.5f}")
+    if target is not None:
+        mse = ((pred.double() - target.double()) ** 2).mean().item()
+        where = "over all x positions" if cfg.data.is_raw else "against 'target'"
+        click.echo(f"MSE {where}: {mse:.5f}")
 
 
 @cli.command("import")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Original .pt/.pth state dict.")
-@click.option("--config", "config", required=True, help="The original YAML the checkpoint was trained with.")
+@click.option("--config", "config", required=True,
+              help=f"The original YAML the checkpoint was trained with, or a preset name ({', '.join(presets())}).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="New run directory.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
@@ -220,12 +286,14 @@ def import_checkpoint(checkpoint, config, overrides, out, force) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default: the config's out_dir).")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Training time limit.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the config's).")
+@click.option("--device", default=None, help="torch device (default: the config's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def run(config, overrides, out, force, max_minutes, quiet) -> None:
+def run(config, overrides, out, force, max_minutes, seed, device, quiet) -> None:
     """The main job: train → evaluate → interpret, into one run directory; prints where the report is."""
     from selectlens.train import train as run_training
 
-    cfg = _config(config, overrides)
+    cfg = _config(config, overrides, seed=seed, device=device)
     run_dir = _default_run_dir(cfg, out)
     check_new_run_dir(run_dir, force=force)
     click.echo(f"[1/3] training {cfg.data.task_name} ({cfg.training.epochs} epochs) into {run_dir}")
@@ -250,7 +318,7 @@ def run(config, overrides, out, force, max_minutes, quiet) -> None:
 @click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Report directory (default: RUN/report).")
 @click.option("--sequences", type=click.IntRange(min=16), default=512, help="Held-out sequences analysed.")
-@click.option("--device", default=None, help="torch device (default: cpu).")
+@click.option("--device", default=None, help="torch device (default: the run's; cpu when absent here).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def interpret(run, out, sequences, device, quiet) -> None:
     """Every analysis on a run's model: PNGs, interpret.json and a self-contained report.html."""
@@ -258,9 +326,18 @@ def interpret(run, out, sequences, device, quiet) -> None:
 
     if out is not None and out.exists() and not out.is_dir():
         raise click.UsageError(f"--out exists and is not a directory: {out}")
-    dev = str(check_device(device or "cpu"))
+    dev = _run_device(run, device)
+    _check_interpret_memory(run, sequences, dev)
     paths = interpret_run(run, out, sequences=sequences, device=dev, progress=not quiet)
     click.echo(f"wrote {len(paths)} files; report: {paths['html']}")
+
+
+def _check_interpret_memory(run: Path, sequences: int, device: str) -> None:
+    from selectlens.rundir import read_run_config
+    from selectlens.tasks.memory import check_memory, interpret_bytes
+
+    cfg = read_run_config(run)
+    check_memory(interpret_bytes(cfg, sequences), f"interpreting {sequences:,} sequences", device, "lower --sequences")
 
 
 @cli.command("export-tl")
@@ -326,7 +403,8 @@ def bench() -> None:
 @bench.command("datagen")
 @click.option("--task", type=click.Choice(["regression", "classification"]), default="regression",
               help="regression: the original regression config; classification: the original classification config.")
-@click.option("--config", "config", default=None, help="Use this config instead of the task's original one.")
+@click.option("--config", "config", default=None,
+              help=f"Use this config (file or preset: {', '.join(presets())}) instead of the task's original one.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--device", default=None, help="torch device for SelectLens (the reference always runs on CPU).")
 @click.option("--sequences", type=click.IntRange(min=1), default=None, help="Sequences per timed SelectLens epoch.")

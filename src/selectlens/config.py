@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from selectlens.errors import InputError
 
 PRESET_DIR = Path(__file__).parent / "configs"
+FLOAT_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
 
 
 class ConfigError(InputError):
@@ -239,6 +240,21 @@ class Config(_Section):
             raise ValueError("training.loss bce needs data.classification true")
         return self
 
+    @model_validator(mode="after")
+    def _data_fits_dtype(self) -> "Config":
+        """Scales whose squares (noise variances, ridge systems, squared errors) overflow ``dtype``
+        would make the generated data or the losses non-finite: refuse them up front."""
+        limit = math.sqrt(FLOAT_MAX[self.dtype]) / 1e3
+        d = self.data
+        checks = {"data.data_alphas": max(d.data_alphas) * max(d.noise_scale, 1.0),
+                  "data.candidate_alphas": max(d.candidates), "data.data_gen_factor": d.data_gen_factor,
+                  "data.noise_levels": max(d.noise_levels)}
+        for key, value in checks.items():
+            if value > limit:
+                raise ValueError(f"{key} too large for dtype {self.dtype}: {value:g} would overflow "
+                                 f"(at most {limit:.1e}; use dtype float64 or smaller values)")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -362,8 +378,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def presets() -> list[str]:
-    """Names of the configs shipped with SelectLens (``default``, ``model_selection``, ``classification``)."""
+    """Names of the configs shipped with SelectLens (``configs/*.yaml``): the one list every help text shows."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def presets_help() -> str:
+    """The ``--config`` help text of every command, listing the shipped presets from one place."""
+    return f"Config file, or a preset name ({', '.join(presets())}). Default: default."
+
+
+def config_differences(a: Config, b: Config, *, ignore: tuple[str, ...] = ("out_dir",)) -> list[str]:
+    """Dotted keys whose values differ between two configs (e.g. ``data.N``), sorted."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}"))
+        return out
+
+    fa, fb = flat(a.to_dict()), flat(b.to_dict())
+    return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
 
 
 def resolve_config_path(name_or_path: str | Path | None) -> Path:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from selectlens.baselines import (
@@ -23,6 +24,7 @@ from selectlens.evaluate.metrics import bootstrap_ratio_ci, mean_ci, paired_diff
 from selectlens.model.gpt2 import SelectionTransformer
 from selectlens.fileio import atomic_write
 from selectlens.rundir import weights_sha256
+from selectlens.tasks.memory import check_memory, eval_bytes
 from selectlens.tasks.generators import EVAL_STREAM, TaskBatch, make_generator, make_task, stream_seed
 
 
@@ -92,6 +94,7 @@ def evaluate_model(
     mean's key) is what older readers use; ``tables`` holds every metric."""
     dev = check_device(device or config.device)
     n = sequences or config.eval.sequences
+    check_memory(eval_bytes(config, n), f"evaluating on {n:,} held-out sequences", str(dev), "lower --sequences")
     task = make_task(config, device=dev)
     batch = heldout_batch(config, n, dev)
     if config.data.is_raw:  # raw-data tasks: every context length, per σ and task type
@@ -167,26 +170,83 @@ def eval_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def curve_baseline(metrics: list[dict[str, Any]], eval_result: dict[str, Any] | None = None) -> str | None:
+    """The baseline the training-curve panel compares the model with: eval's best honest baseline
+    (chosen on training data) when the metrics log it, else context-validation select, else the
+    per-epoch baseline with the lowest mean loss that is neither an oracle nor a bound."""
+    logged = metrics[0]["baselines"] if metrics else {}
+    best = ((eval_result or {}).get("tables", {}).get("mse", {}) or {}).get("best_honest")
+    for name in (best, "context_validation_select"):
+        if name in logged:
+            return name
+    honest = [n for n in logged if not n.startswith(("oracle", "bayes_full", "type_oracle"))]
+    return min(honest, key=lambda n: np.mean([m["baselines"][n] for m in metrics]), default=None)
+
+
+def smoothed_difference(metrics: list[dict[str, Any]], baseline: str, window: int | None = None):
+    """Per epoch, the paired difference ``baseline − model`` of test losses (same sequences) and its
+    trailing running mean over ``window`` epochs with a band of ±1.96·sd/√n (n epochs in the window).
+
+    Returns ``(sequences [E], diff [E], mean [E], half_width [E])``; ``window`` defaults to a tenth
+    of the epochs (at least 1, at most 25). Positive means the model is better.
+    """
+    seqs = np.array([m["sequences"] for m in metrics], dtype=float)
+    diff = np.array([m["baselines"][baseline] - m["test_loss"] for m in metrics], dtype=float)
+    k = window or max(1, min(25, len(diff) // 10))
+    mean, half = np.empty_like(diff), np.zeros_like(diff)
+    for i in range(len(diff)):
+        w = diff[max(0, i - k + 1) : i + 1]
+        mean[i] = w.mean()
+        half[i] = 1.96 * w.std(ddof=1) / np.sqrt(len(w)) if len(w) > 1 else 0.0
+    return seqs, diff, mean, half
+
+
 def plot_training_curves(metrics: list[dict[str, Any]], out: Path, *, eval_result: dict[str, Any] | None = None) -> Path:
-    """PNG of test loss over training against the per-epoch baselines."""
+    """PNG of training: on top the paired difference (best honest baseline − model) per epoch,
+    smoothed with a band (the comparison that decides "beats"); below, the raw test losses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (top, ax) = plt.subplots(2, 1, figsize=(8, 9), height_ratios=[1, 1.2])
+    _plot_difference_panel(top, metrics, curve_baseline(metrics, eval_result))
+    _plot_raw_curves(ax, metrics, eval_result)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _plot_difference_panel(ax, metrics: list[dict[str, Any]], baseline: str | None) -> None:
+    if baseline is None or not metrics:
+        ax.set_axis_off()
+        return
+    seqs, diff, mean, half = smoothed_difference(metrics, baseline)
+    ax.plot(seqs, diff, color="gray", lw=0.6, alpha=0.5, label="per epoch")
+    ax.plot(seqs, mean, color="C0", lw=2, label="running mean")
+    ax.fill_between(seqs, mean - half, mean + half, color="C0", alpha=0.25, label="±1.96·sd/√window")
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_ylabel(f"{baseline} − model")
+    ax.set_title(f"Paired difference of test loss vs {baseline} (above 0: model better)")
+    ax.legend(fontsize=7)
+
+
+def _plot_raw_curves(ax, metrics: list[dict[str, Any]], eval_result: dict[str, Any] | None) -> None:
     seqs = [m["sequences"] for m in metrics]
     ax.plot(seqs, [m["test_loss"] for m in metrics], color="black", lw=2, label="model (test)")
     ax.plot(seqs, [m["train_loss"] for m in metrics], color="gray", lw=1, alpha=0.6, label="model (train)")
     names = list(metrics[0]["baselines"]) if metrics else []
+    import matplotlib.pyplot as plt
+
     cmap = plt.get_cmap("tab10")
     for i, name in enumerate(names):
         vals = [m["baselines"][name] for m in metrics]
         style = ":" if name.startswith("oracle_") else "--"
         ax.plot(seqs, vals, style, color=cmap(i % 10), lw=1.2, label=name)
-    if eval_result is not None:
-        e = eval_result["predictors"]["model"]
-        ax.axhline(e["mse"], color="black", lw=0.8, alpha=0.5)
+    if eval_result is not None and "model" in eval_result.get("predictors", {}) and "mse" in eval_result["predictors"]["model"]:
+        ax.axhline(eval_result["predictors"]["model"]["mse"], color="black", lw=0.8, alpha=0.5)
     ax.set_xlabel("training sequences")
     ax.set_ylabel("test loss")
     losses = [m["test_loss"] for m in metrics] + [v for m in metrics for v in m["baselines"].values()]
@@ -195,11 +255,17 @@ def plot_training_curves(metrics: list[dict[str, Any]], out: Path, *, eval_resul
         ax.set_ylim(lo * 0.95, min(max(losses), lo * 2.0))
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Test loss over training (each epoch's held-out split)")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+
+
+def non_finite_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of NaN/±inf numbers in a JSON-like result (so a report never holds them unsaid)."""
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in non_finite_keys(v, f"{prefix}{key}.")]
+    if isinstance(obj, (list, tuple)):
+        return [k for i, v in enumerate(obj) for k in non_finite_keys(v, f"{prefix}{i}.")]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return [prefix.rstrip(".")]
+    return []
 
 
 def write_eval(run_dir: Path, result: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Path]:
@@ -219,5 +285,8 @@ def write_eval(run_dir: Path, result: dict[str, Any], metrics: list[dict[str, An
     else:
         paths.pop("png")
     result["model_sha256"] = weights_sha256(run_dir)  # also in what `eval --json` prints
+    bad = non_finite_keys(result)
+    if bad:  # said in the file itself, and by the CLI
+        result["non_finite"] = bad
     atomic_write(paths["json"], json.dumps(result, indent=2).encode())
     return paths

@@ -10,7 +10,8 @@ import torch
 
 from selectlens.config import Config, ConfigError, config_from_dict
 from selectlens.errors import InputError
-from selectlens.fileio import atomic_write, parse_safetensors, probe_writable, read_input_file, safetensors_bytes
+from selectlens.fileio import atomic_write, parse_safetensors, probe_writable, read_input_file, safetensors_bytes, stream_safetensors
+from selectlens.tasks.memory import check_disk, check_memory, generation_bytes, sequence_bytes
 from selectlens.tasks.generators import TaskBatch
 from selectlens.tasks.raw import RawBatch
 
@@ -42,10 +43,74 @@ def save_task_batch(path: str | Path, batch: TaskBatch | RawBatch, config: Confi
     return p
 
 
+DATA_CHUNK = 16384  # sequences generated (and held in memory) at a time by write_data_file
+
+
+def write_data_file(path: str | Path, config: Config, sequences: int, *, device: str = "cpu",
+                    force: bool = False, chunk: int = DATA_CHUNK) -> Path:
+    """Generate ``sequences`` sequences of ``config``'s task and stream them into ``path`` (atomic).
+
+    Memory and disk are estimated first (one :class:`~selectlens.tasks.memory.ResourceError` line
+    when they do not suffice). Sequences are drawn ``chunk`` at a time from one generator seeded
+    ``config.seed`` (up to ``chunk`` sequences this is one draw, as before) and every chunk is
+    checked finite before a byte is written.
+    """
+    from selectlens.tasks.generators import make_generator, make_task
+
+    p = check_writable(path, force=force)
+    per_chunk = min(sequences, chunk)
+    hint = "lower --sequences or data.N"
+    check_memory(generation_bytes(config, per_chunk), f"generating {per_chunk:,} sequences (N={config.data.N})", device, hint)
+    check_disk(p, sequences * sequence_bytes(config), f"a data file of {sequences:,} sequences")
+    task = make_task(config, device=device)
+    gen = make_generator(config.seed, device)
+    probe = task.sample(1, make_generator(0, device)).as_dict()
+    layout = {k: (v.dtype, (sequences, *v.shape[1:])) for k, v in probe.items()}
+
+    def chunks():
+        for start in range(0, sequences, chunk):
+            batch = task.sample(min(chunk, sequences - start), gen)
+            check_finite_batch(batch, config)
+            yield {k: v.cpu() for k, v in batch.as_dict().items()}
+
+    stream_safetensors(p, layout, data_metadata(config), chunks())
+    return p
+
+
+def check_finite_batch(batch: TaskBatch | RawBatch, config: Config) -> None:
+    """Refuse generated data holding NaN or ±inf (a config value that overflows the dtype)."""
+    for name, t in batch.as_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(f"the generated data is not finite (tensor {name!r} holds NaN or inf in {config.dtype}); "
+                              "a data setting is too large for the dtype")
+
+
 def data_metadata(config: Config) -> dict[str, str]:
     """A data file's metadata: the resolved config (sorted JSON) and the task's name."""
     return {"config": json.dumps(config.to_dict(), sort_keys=True), "format": "selectlens-data-1",
             "task": config.data.task_name}
+
+
+def load_tokens(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None, Config | None]:
+    """``(tokens [B, T, F], target or None, config or None)`` of any safetensors file holding a
+    3-D floating ``tokens`` tensor: what ``predict`` needs, nothing more. ``target`` and the
+    config metadata are optional (a file a user made with their own tokens has neither)."""
+    p = Path(path)
+    tensors, meta = parse_safetensors(read_input_file(p, DataFileError, "data file"), p, DataFileError)
+    tokens = tensors.get("tokens")
+    if tokens is None:
+        raise DataFileError(f"data file {p} has no 'tokens' tensor (tensors: {', '.join(sorted(tensors)) or 'none'})")
+    if tokens.dim() != 3 or not tokens.is_floating_point() or tokens.shape[0] == 0:
+        raise DataFileError(f"data file {p}: 'tokens' must be a non-empty floating tensor [B, T, F], "
+                            f"got {str(tokens.dtype).removeprefix('torch.')} {list(tokens.shape)}")
+    target = tensors.get("target")
+    if target is not None and not target.is_floating_point():
+        raise DataFileError(f"data file {p}: 'target' is not floating point")
+    try:
+        config = config_from_dict(json.loads(meta["config"])) if "config" in meta else None
+    except (json.JSONDecodeError, ConfigError):
+        config = None  # predict does not need it
+    return tokens, target, config
 
 
 def load_task_batch(path: str | Path) -> tuple[TaskBatch | RawBatch, Config]:

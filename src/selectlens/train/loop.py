@@ -32,6 +32,7 @@ from selectlens import rundir
 from selectlens.tasks.generators import (
     DATA_STREAM, DTYPES, INIT_STREAM, SHUFFLE_STREAM, make_generator, make_task, stream_seed,
 )
+from selectlens.tasks.memory import check_memory, train_bytes
 from selectlens.train import distributed
 from selectlens.train.distributed import DistContext
 from selectlens.train.raw import evaluate_raw_split, raw_batch_loss
@@ -176,9 +177,12 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
     ctx = distributed.env_context()
     if resume:
         config = rundir.read_run_config(run)
-    elif ctx.is_main:
-        rundir.prepare_run_dir(run, config, force=force)
     device = distributed.rank_device(ctx, check_device(config.device))
+    check_memory(train_bytes(config), f"training (N={config.data.N}, {config.data.train_samp_per_class:,} sequences "
+                 f"per epoch, batch {config.training.batch_size})", str(device),
+                 "lower data.train_samp_per_class, data.N or training.batch_size")
+    if not resume and ctx.is_main:
+        rundir.prepare_run_dir(run, config, force=force)
     distributed.init_process_group(ctx, device)
     task = make_task(config, device=device)
     model = build_model(config).to(device)
@@ -315,7 +319,12 @@ def write_records(run: Path, record: dict[str, Any], timing: dict[str, Any], sin
 
 
 def save_checkpoint(state: TrainState, epoch: int) -> Path:
-    """Checkpoint ``state`` after ``epoch`` epochs (atomic; also updates the run-level weights)."""
+    """Checkpoint ``state`` after ``epoch`` epochs (atomic; also updates the run-level weights).
+    Non-finite weights are never written: the last good checkpoint stays the run's."""
+    bad = [name for name, p in state.model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingError(f"non-finite weights after epoch {epoch} ({bad[0]}); "
+                            f"last good checkpoint kept in {state.run / 'checkpoints'}")
     return rundir.save_checkpoint(state.run, epoch, state.model, state.checkpoint_state(epoch))
 
 
