@@ -489,7 +489,9 @@ def _noise_levels(ctx, param, value: str) -> list[float]:
 @click.option("--sequences", type=click.IntRange(min=1), default=4096, show_default=True, help="Sequences per timed call.")
 @click.option("--reference-sequences", type=click.IntRange(min=1), default=200, show_default=True,
               help="Sequences for the numpy reference (its rate does not depend on the count).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's own choice).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads. The numpy reference runs on one core, so both sides get one by default; "
+                   "several threads only pay off on an otherwise idle machine.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_baselines(task, d, N, noise_levels, device, sequences, reference_sequences, threads, as_json) -> None:
     """Sequences/s of the batched exact Bayes mixture (all prefixes) vs. a per-sequence, per-prefix numpy loop."""
