@@ -139,19 +139,19 @@ def test_bce_needs_classification():
 
 def test_fused_adam_matches_the_for_loop_adam_and_checkpoints_keep_their_implementation(tmp_path):
     fused, loop = tmp_path / "fused", tmp_path / "loop"
-    train(_cfg("training.epochs=3"), fused, progress=False)
-    train(_cfg("training.epochs=3", "training.fused_adam=false"), loop, progress=False)
+    train(_cfg("training.epochs=3", "training.fused_adam=true"), fused, progress=False)
+    train(_cfg("training.epochs=3"), loop, progress=False)
     a, b = load_file(fused / "model.safetensors"), load_file(loop / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)  # same maths, another kernel
     groups = {run: torch.load(checkpoint_dirs(run)[-1][1] / "state.pt", weights_only=True)["optimizer"]["param_groups"][0]
               for run in (fused, loop)}
     assert groups[fused]["fused"] is True and not groups[loop]["fused"]
-    # a run written with the for-loop Adam, before fused_adam existed (no key in its config.json),
-    # resumes with its own implementation: bitwise equal to the uninterrupted for-loop run
+    # a checkpoint keeps the implementation it was written with, whatever the config asks on resume:
+    # bitwise equal to the uninterrupted for-loop run
     old = tmp_path / "old"
-    train(_cfg("training.epochs=3", "training.fused_adam=false"), old, progress=False, max_minutes=1e-9)
+    train(_cfg("training.epochs=3"), old, progress=False, max_minutes=1e-9)
     saved = json.loads((old / "config.json").read_text())
-    del saved["training"]["fused_adam"]
+    saved["training"]["fused_adam"] = True
     (old / "config.json").write_text(json.dumps(saved))
     assert train(_cfg(), old, resume=True, progress=False).epoch == 3
     c = load_file(old / "model.safetensors")

@@ -178,7 +178,7 @@ class TrainingConfig(_Section):
         "all", description="Raw tasks: average the loss over every x position, or use the last one only."
     )
     compile: bool = Field(False, description="torch.compile the loss (forward + backward); compile time counts in the run.")
-    fused_adam: bool = Field(True, description="Adam's fused single-kernel update (CPU, CUDA).")
+    fused_adam: bool = Field(False, description="Adam's fused single-kernel update (CPU, CUDA): same maths, another trajectory.")
 
     @field_validator("lr")
     @classmethod
