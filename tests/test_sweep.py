@@ -155,9 +155,9 @@ def test_sigkill_driver_then_resume_equals_uninterrupted(ray_session, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     states = [json.loads(p.read_text())["status"] for p in (out / "state").glob("*.json")]
     assert "running" in states  # killed mid-sweep
-    res = run_cli("sweep", "--resume", "--out", str(out), "--address", ray_session)
-    assert res.returncode == 0, res.stderr
-    assert "sweep finished: 2 done, 0 failed of 2" in res.stdout
+    lines = []
+    resumed = run_sweep(None, out, resume=True, echo=lines.append)  # in this process, on the same Ray
+    assert resumed.count("done") == 2
     import torch
     from safetensors.torch import load_file
 
@@ -175,8 +175,9 @@ def test_sigkill_driver_then_resume_equals_uninterrupted(ray_session, tmp_path):
         assert (trial / "metrics.jsonl").read_bytes() == (ref / "metrics.jsonl").read_bytes()
         got, want = load_file(trial / "model.safetensors"), load_file(ref / "model.safetensors")
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)  # bitwise
-    again = run_cli("sweep", "--resume", "--out", str(out), "--address", ray_session)
-    assert again.returncode == 0 and "2 done, 0 to run" in again.stdout  # finished trials are not rerun
+    lines = []
+    run_sweep(None, out, resume=True, echo=lines.append)
+    assert lines == [f"sweep {out.resolve()}: 2 trials, 2 done, 0 to run"]  # finished trials are not rerun
 
 
 @pytest.mark.parametrize("spec, message", [
