@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import yaml
 
+from selectlens.config import ConfigError, config_from_dict
 from selectlens.errors import InputError
 from selectlens.fileio import atomic_write, fsync_dir, probe_writable
 from selectlens.sweeps.spec import SpecError, SweepSpec, Trial, parse_spec, spec_yaml
@@ -90,10 +91,14 @@ def read_sweep(out: Path) -> tuple[SweepSpec, list[Trial]]:
         trials = spec.trials()
     except (SpecError, yaml.YAMLError) as e:
         raise SweepDirError(f"{out / 'spec.yaml'}: {e}") from None
-    saved = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
-    if saved != json.loads(json.dumps(sweep_record(trials))):
-        raise SweepDirError(f"{out}: spec.yaml no longer gives the trials in sweep.json (its base config changed?)")
-    return spec, trials
+    saved = json.loads((out / "sweep.json").read_text(encoding="utf-8"))["trials"]
+    if [(t["name"], t["point"], t["seed"]) for t in saved] != [(t.name, t.point, t.seed) for t in trials]:
+        raise SweepDirError(f"{out}: spec.yaml no longer gives the trials in sweep.json")
+    # each trial keeps the config it was started with (a newer SelectLens adds defaults for new keys)
+    try:
+        return spec, [Trial(t.name, t.point, t.seed, config_from_dict(s["config"])) for t, s in zip(trials, saved)]
+    except ConfigError as e:
+        raise SweepDirError(f"{out / 'sweep.json'}: {e}") from None
 
 
 class _DriverLock:
