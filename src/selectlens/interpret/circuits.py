@@ -130,6 +130,28 @@ def paired_alpha_batches(task: Task, n: int, generator: torch.Generator, alpha_c
     return build(alpha_clean), build(alpha_corrupt)
 
 
+def position_patch(src: Tensor, t: int):
+    """A hook that overwrites position ``t`` of a ``[batch, pos, d]`` activation with ``src``'s."""
+
+    def patch(x: Tensor, hook) -> Tensor:
+        x = x.clone()
+        x[:, t] = src[:, t]
+        return x
+
+    return patch
+
+
+def head_patch(zsrc: Tensor, h: int):
+    """A hook that overwrites head ``h`` of a ``[batch, pos, head, d_head]`` ``hook_z`` with ``zsrc``'s."""
+
+    def patch(z: Tensor, hook) -> Tensor:
+        z = z.clone()
+        z[:, :, h] = zsrc[:, :, h]
+        return z
+
+    return patch
+
+
 @torch.no_grad()
 def activation_patching(model: SelectionTransformer, clean: TaskBatch, corrupt: TaskBatch, kind: str) -> dict[str, np.ndarray]:
     """Patch clean activations into the corrupted run.
@@ -155,22 +177,12 @@ def activation_patching(model: SelectionTransformer, clean: TaskBatch, corrupt: 
     for l in range(L):
         src = cache[f"blocks.{l}.hook_resid_pre"]
         for t in range(T):
-            def patch(x, hook, t=t, src=src):
-                x = x.clone()
-                x[:, t] = src[:, t]
-                return x
-
-            out = model.run_with_hooks(corrupt.tokens, fwd_hooks=[(f"blocks.{l}.hook_resid_pre", patch)])
+            out = model.run_with_hooks(corrupt.tokens, fwd_hooks=[(f"blocks.{l}.hook_resid_pre", position_patch(src, t))])
             res["resid_output"][l, t] = effect(out.prediction)
             res["resid_loss"][l, t] = float(_loss(model, out.raw[:, -1], corrupt.target, kind).mean())
         zsrc = cache[f"blocks.{l}.attn.hook_z"]
         for h in range(H):
-            def patch_head(z, hook, h=h, zsrc=zsrc):
-                z = z.clone()
-                z[:, :, h] = zsrc[:, :, h]
-                return z
-
-            out = model.run_with_hooks(corrupt.tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", patch_head)])
+            out = model.run_with_hooks(corrupt.tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", head_patch(zsrc, h))])
             res["head_output"][l, h] = effect(out.prediction)
             res["head_loss"][l, h] = float(_loss(model, out.raw[:, -1], corrupt.target, kind).mean())
     res["clean_loss"] = np.array(float(_loss(model, _raw_last(model, clean.tokens), clean.target, kind).mean()))

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from selectlens.baselines.raw import bayes_mixture
 from selectlens.evaluate.metrics import Z95
+from selectlens.interpret.circuits import head_patch, position_patch
 from selectlens.interpret.probes import residual_streams
 from selectlens.model.gpt2 import SelectionTransformer
 
@@ -289,20 +290,10 @@ def raw_activation_patching(model: SelectionTransformer, clean: Any, corrupt: An
     for l in range(L):
         src = cache[f"blocks.{l}.hook_resid_pre"]
         for t in range(q + 1):
-            def patch(x, hook, t=t, src=src):
-                x = x.clone()
-                x[:, t] = src[:, t]
-                return x
-
-            record("resid", (l, t), last(corrupt.tokens, [(f"blocks.{l}.hook_resid_pre", patch)]))
+            record("resid", (l, t), last(corrupt.tokens, [(f"blocks.{l}.hook_resid_pre", position_patch(src, t))]))
         zsrc = cache[f"blocks.{l}.attn.hook_z"]
         for h in range(H):
-            def patch_head(z, hook, h=h, zsrc=zsrc):
-                z = z.clone()
-                z[:, :, h] = zsrc[:, :, h]
-                return z
-
-            record("head", (l, h), last(corrupt.tokens, [(f"blocks.{l}.attn.hook_z", patch_head)]))
+            record("head", (l, h), last(corrupt.tokens, [(f"blocks.{l}.attn.hook_z", head_patch(zsrc, h))]))
     res["clean_loss"] = np.array(float(((clean_pred - clean.target[:, -1]) ** 2).mean()))
     res["corrupt_loss"] = np.array(float(((corrupt_pred - target) ** 2).mean()))
     res["gap"] = np.array(denom)

@@ -32,7 +32,7 @@ from selectlens.interpret.raw_analyses import (
     ROLE_BLOCKS, RawProbe, interleaved_content_features, paired_sigma_batches, raw_activation_patching, raw_probes,
     role_blocks,
 )
-from selectlens.interpret.report import PATCH_STREAM, _img, _jsonable, _png, _script_json
+from selectlens.interpret.report import PATCH_STREAM, _img, _png, _script_json, write_figures_and_numbers
 from selectlens.rundir import read_jsonl
 from selectlens.tasks.generators import make_generator, make_task, stream_seed
 
@@ -157,13 +157,7 @@ def _patching(model, task, cfg, n: int, device: str, pngs: dict[str, bytes]) -> 
 
 
 def _write(out: Path, cfg, pngs: dict[str, bytes], numbers: dict[str, Any]) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    for name, data in pngs.items():
-        paths[name] = out / f"{name}.png"
-        atomic_write(paths[name], data)
-    paths["json"] = out / "interpret.json"
-    atomic_write(paths["json"], json.dumps(_jsonable(numbers)).encode())
+    paths = write_figures_and_numbers(out, pngs, numbers)
     paths["html"] = out / "report.html"
     atomic_write(paths["html"], render_raw_html(cfg, pngs, numbers).encode())
     return paths

@@ -215,6 +215,17 @@ def interpret_run(
     pngs, numbers, feature_names = ctx.pngs, ctx.numbers, ctx.feature_names
     numbers["findings"] = findings(ev, numbers)
 
+    paths = write_figures_and_numbers(out, pngs, numbers)
+    cv_path = _circuitsvis(pats[:, 0], out, feature_names)
+    if cv_path is not None:
+        paths["circuitsvis"] = cv_path
+    paths["html"] = out / "report.html"
+    atomic_write(paths["html"], render_html(cfg, ev, pngs, numbers, cluster_text, cv_path).encode())
+    return paths
+
+
+def write_figures_and_numbers(out: Path, pngs: dict[str, bytes], numbers: dict[str, Any]) -> dict[str, Path]:
+    """Write each figure as ``out/NAME.png`` and the numbers as ``out/interpret.json`` (atomically); their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for name, data in pngs.items():
@@ -222,11 +233,6 @@ def interpret_run(
         atomic_write(paths[name], data)
     paths["json"] = out / "interpret.json"
     atomic_write(paths["json"], json.dumps(_jsonable(numbers)).encode())
-    cv_path = _circuitsvis(pats[:, 0], out, feature_names)
-    if cv_path is not None:
-        paths["circuitsvis"] = cv_path
-    paths["html"] = out / "report.html"
-    atomic_write(paths["html"], render_html(cfg, ev, pngs, numbers, cluster_text, cv_path).encode())
     return paths
 
 
