@@ -1,5 +1,6 @@
 
 import json
+import time
 
 import pytest
 import torch
@@ -105,9 +106,14 @@ def test_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
     train(_cfg("training.epochs=2", "wandb.project=selectlens-test", "wandb.name=t"), run, progress=False)
+    import wandb
+
+    wandb.teardown()  # wandb's own service writes the file: wait for it to finish (it lags under load)
     logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1, "wandb wrote no offline run"
-    raw = logs[0].read_bytes()
+    deadline = time.monotonic() + 60
+    while (raw := logs[0].read_bytes()).count(b"baselines/context_validation_select") < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     # two epochs of records, with the model's and the baselines' losses
     assert raw.count(b"baselines/context_validation_select") >= 2 and b"test_loss" in raw
     assert (run / "wandb_id.txt").read_text() in logs[0].name

@@ -73,9 +73,12 @@ def init_process_group(ctx: DistContext, device: torch.device) -> None:
 
 
 def destroy_process_group(ctx: DistContext) -> None:
+    """Leave the job together: every rank waits for the others (rank 0 may still be writing its last
+    checkpoint) before the group is torn down, so no rank closes its connections under a peer."""
     import torch.distributed as dist
 
     if ctx.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -378,6 +378,7 @@ def train(
             bar.close()
         if sinks is not None:
             sinks.close()
+    state.forward_model = None  # DDP's reducer holds the process group: release it before the group goes
     distributed.destroy_process_group(ctx)
     moved = []
     if resume and ctx.is_main:  # eval/report made from other weights than the run's final ones are moved aside
