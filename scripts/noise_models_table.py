@@ -5,7 +5,7 @@ distribution; the experiment's question (does the mixture model track the Bayes 
 single-σ models don't?) needs every model on the same mixture sequences. This script draws that set
 once (the first trial's config with ``data.noise_levels`` set to the union of the trials' levels, its
 eval stream), runs every finished trial's model and the raw baselines on it, and prints per σ and
-n ∈ {d, 2d, N−1}:
+n ∈ {d, 2d, N−1} (or ``--positions``):
 
 * each predictor's squared error (the mean across seeds for the models);
 * each model's excess risk over the Bayes mixture, (model − Bayes)/Bayes: per seed with its
@@ -41,10 +41,11 @@ def _label(levels: list[float]) -> str:
     return "mixture {" + ", ".join(f"{s:g}" for s in levels) + "}" if len(levels) > 1 else f"σ = {levels[0]:g} only"
 
 
-def cross_evaluate(runs: list[Path], sequences: int) -> dict:
+def cross_evaluate(runs: list[Path], sequences: int, positions: list[int] | None = None) -> dict:
     """Every run's model and the raw baselines on one held-out mixture set; see the module docstring."""
     from selectlens.baselines.raw import make_raw_baselines
     from selectlens.config import load_config
+    from selectlens.errors import SelectLensError
     from selectlens.evaluate.context_length import context_length_result
     from selectlens.evaluate.runner import heldout_batch
     from selectlens.rundir import load_run_model
@@ -63,7 +64,9 @@ def cross_evaluate(runs: list[Path], sequences: int) -> dict:
         res = context_length_result({"model": model.predict_x_positions(batch.tokens)} | base, batch, task=task.name)
         per_run[str(r)] = {"label": _label(sorted(float(s) for s in configs[r].data.noise_levels)),
                            "seed": configs[r].seed, "groups": res["groups"]}
-    ns = res["table_positions"]
+    ns = positions if positions is not None else res["table_positions"]
+    if any(not 0 <= n < res["N"] for n in ns):
+        raise SelectLensError(f"--positions: n must be in 0..{res['N'] - 1}")
     groups = [g for g in res["groups"] if g.startswith("sigma=")]
     table = {}
     for g in groups:
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+", type=Path, help="a sweep directory, or run directories")
     p.add_argument("--sequences", type=int, default=20000)
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument("--positions", type=lambda v: [int(n) for n in v.split(",")], default=None,
+                   help="numbers of in-context pairs n to tabulate, e.g. 0,1,2,5,10,19 (default: d, 2d, N−1)")
     a = p.parse_args(argv)
     from selectlens.errors import SelectLensError
 
@@ -116,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = _runs(a.paths)
         if not runs:
             raise SelectLensError("no finished raw runs to evaluate")
-        torch.set_grad_enabled(False)
-        result = cross_evaluate(runs, a.sequences)
+        with torch.no_grad():
+            result = cross_evaluate(runs, a.sequences, a.positions)
     except (SelectLensError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -60,3 +60,17 @@ def browser():
             "--disable-component-update", "--no-first-run", "--disable-sync"])
         yield b
         b.close()
+
+
+@pytest.fixture(autouse=True)
+def _torch_global_state_is_left_as_found():
+    """A test (or code it calls in-process) that leaves autograd off or changes the thread count fails
+    itself instead of breaking the tests after it."""
+    import torch
+
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    yield
+    changed = torch.is_grad_enabled() != grad
+    torch.set_grad_enabled(grad)
+    torch.set_num_threads(threads)
+    assert not changed, "the test left torch's grad mode changed"
