@@ -55,6 +55,8 @@ def cross_evaluate(runs: list[Path], sequences: int, positions: list[int] | None
     configs = {r: load_config(r / "config.yaml") for r in runs}
     levels = sorted({float(s) for c in configs.values() for s in c.data.noise_levels})
     mix = load_config(runs[0] / "config.yaml", [f"data.noise_levels={levels}", "data.noise_probs=null"])
+    if positions is not None and any(not 0 <= n < mix.data.N for n in positions):  # before any model runs
+        raise SelectLensError(f"--positions: n must be in 0..{mix.data.N - 1}")
     task = make_task(mix)
     batch = heldout_batch(mix, sequences)
     base = {name: fn(batch) for name, fn in make_raw_baselines(task).items()}
@@ -65,8 +67,6 @@ def cross_evaluate(runs: list[Path], sequences: int, positions: list[int] | None
         per_run[str(r)] = {"label": _label(sorted(float(s) for s in configs[r].data.noise_levels)),
                            "seed": configs[r].seed, "groups": res["groups"]}
     ns = positions if positions is not None else res["table_positions"]
-    if any(not 0 <= n < res["N"] for n in ns):
-        raise SelectLensError(f"--positions: n must be in 0..{res['N'] - 1}")
     groups = [g for g in res["groups"] if g.startswith("sigma=")]
     table = {}
     for g in groups:

@@ -64,8 +64,8 @@ def browser():
 
 @pytest.fixture(autouse=True)
 def _torch_global_state_is_left_as_found():
-    """A test (or code it calls in-process) that leaves autograd off or changes the thread count fails
-    itself instead of breaking the tests after it."""
+    """A test (or code it calls in-process) that leaves autograd's mode changed fails itself instead of
+    breaking the tests after it; grad mode and torch's thread count are restored after every test."""
     import torch
 
     grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
