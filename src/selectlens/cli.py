@@ -63,11 +63,7 @@ def data(config, overrides, sequences, seed, device, heldout, run, out, force) -
     dev = str(check_device(cfg.device))
     n = sequences or cfg.data.train_samp_per_class
     path = write_data_file(out, cfg, n, device=dev, force=force)
-    click.echo(f"wrote {n} {cfg.data.task_name} sequences (tokens {[n, *_token_shape(cfg)]}) to {path}")
-
-
-def _token_shape(cfg: Config) -> list[int]:
-    return [cfg.data.n_positions, cfg.data.n_features]
+    click.echo(f"wrote {n} {cfg.data.task} sequences (tokens {[n, cfg.data.n_positions, cfg.data.n_features]}) to {path}")
 
 
 def _export_heldout(run: Path | None, sequences: int | None, device: str | None, out: Path, force: bool, given: bool) -> None:
@@ -163,10 +159,8 @@ def _report_training(result) -> None:
     last = result.last
     state = "stopped at the time limit" if result.stopped_early else "finished"
     if last:
-        ref = next(((label, last["baselines"][name]) for name, label in (
-            ("context_validation_select", "context-validation select"), ("bayes_posterior_mixture", "Bayes mixture"))
-            if name in last["baselines"]), None)
-        beside = f" ({ref[0]} {ref[1]:.5f})" if ref else ""
+        ref = getattr(result, "reference", None)
+        beside = f" ({ref} {last['baselines'][ref]:.5f})" if ref in last["baselines"] else ""
         click.echo(f"{state}: epoch {result.epoch}, {last['sequences']:,} sequences, test loss {last['test_loss']:.5f}"
                    f"{beside}; run in {result.run_dir}")
     else:
@@ -222,41 +216,49 @@ def _run_eval(run: Path, sequences: int | None, device: str | None):
 @cli.command()
 @click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--data", "data_file", required=True, type=click.Path(path_type=Path),
-              help="A safetensors file with a `tokens` tensor [B, T, F] (e.g. from `selectlens data`); "
-                   "with a `target` tensor the loss is printed too.")
+              help="A safetensors file with a `tokens` tensor [B, T, F] (e.g. from `selectlens data`), or for raw-data "
+                   "runs `x` [B, N, d] and `y` [B, N]; with a `target` tensor the loss is printed too.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Output .safetensors with tensor `prediction`: [B], or [B, N] (every x position) for raw tasks.")
+              help="Output .safetensors with tensor `prediction`: [B], or [B, P] where the model predicts at P positions.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--device", default=None, help="torch device (default: the run's; cpu when absent here).")
 def predict(run, data_file, out, force, device) -> None:
     """Apply a run's model to a data file."""
     from selectlens.fileio import atomic_write, safetensors_bytes
     from selectlens.rundir import load_run_model
-    from selectlens.tasks.io import DataFileError, check_writable, load_tokens
+    from selectlens.tasks.io import DataFileError, check_writable, load_prediction_input
+    from selectlens.tasks.protocol import make_task
 
     check_writable(out, force=force)
     dev = _run_device(run, device)
     model, cfg = load_run_model(run, device=dev)
-    tokens, target, data_cfg = load_tokens(data_file)
+    task = make_task(cfg, device="cpu")
+    tensors, data_cfg = load_prediction_input(data_file)
+    if data_cfg is not None and data_cfg.data.task != cfg.data.task:
+        raise DataFileError(f"{data_file}: a {data_cfg.data.task} data file does not fit the run's {cfg.data.task} model")
+    tokens = task.tokens_for_prediction(tensors)
+    if tokens is None:
+        raise DataFileError(f"data file {data_file} has no 'tokens' tensor (tensors: {', '.join(sorted(tensors)) or 'none'})"
+                            + task.prediction_input_hint())
     if tokens.shape[-1] != model.spec.n_features or tokens.shape[1] > model.spec.n_positions:
         raise DataFileError(
             f"{data_file}: tokens {list(tokens.shape[1:])} do not fit the model "
             f"(needs width {model.spec.n_features}, length <= {model.spec.n_positions})"
         )
-    if data_cfg is not None and cfg.data.is_raw != data_cfg.data.is_raw:
-        raise DataFileError(f"{data_file}: a {data_cfg.data.task_name} data file does not fit the run's "
-                            f"{cfg.data.task_name} model")
-    if cfg.data.is_raw and tokens.shape[1] % 2:
-        raise DataFileError(f"{data_file}: tokens have {tokens.shape[1]} positions; interleaved (x, y) tokens need an even count")
+    problem = task.check_tokens(tokens)
+    if problem:
+        raise DataFileError(f"{data_file}: {problem}")
     tokens = tokens.to(dev, next(model.parameters()).dtype)
-    pred = (model.predict_x_positions(tokens) if cfg.data.is_raw else model.predict_in_chunks(tokens)).cpu()
+    pred = model.predict_positions(tokens, task.readout).cpu()
+    pred = pred[:, 0] if task.n_readout == 1 else pred  # one read-out position: [B]
+    target = tensors.get("target")
     if target is not None and tuple(target.shape) != tuple(pred.shape):
         raise DataFileError(f"{data_file}: 'target' has shape {list(target.shape)}, the predictions {list(pred.shape)}")
     atomic_write(out, safetensors_bytes({"prediction": pred}, {"run": str(run), "data": str(data_file)}))
     click.echo(f"wrote {pred.shape[0]} predictions {list(pred.shape)} to {out}")
     if target is not None:
         mse = ((pred.double() - target.double()) ** 2).mean().item()
-        where = "over all x positions" if cfg.data.is_raw else "against 'target'"
+        where = "over all read-out positions" if pred.dim() == 2 else "against 'target'"
         click.echo(f"MSE {where}: {mse:.5f}")
 
 
@@ -296,13 +298,13 @@ def run(config, overrides, out, force, max_minutes, seed, device, quiet) -> None
     cfg = _config(config, overrides, seed=seed, device=device)
     run_dir = _default_run_dir(cfg, out)
     check_new_run_dir(run_dir, force=force)
-    click.echo(f"[1/3] training {cfg.data.task_name} ({cfg.training.epochs} epochs) into {run_dir}")
+    click.echo(f"[1/3] training {cfg.data.task} ({cfg.training.epochs} epochs) into {run_dir}")
     result = run_training(cfg, run_dir, force=force, max_minutes=max_minutes, progress=not quiet)
     _report_training(result)
     click.echo(f"[2/3] evaluating on {cfg.eval.sequences:,} held-out sequences")
     ev, paths = _run_eval(run_dir, None, None)
     m = ev["predictors"]["model"]
-    ref = ev.get("reference", "context_validation_select")  # raw runs: the Bayes mixture
+    ref = ev["reference"]  # the best honest baseline, chosen on training data
     cv = ev["predictors"][ref]
     click.echo(f"model MSE {m['mse']:.5f} [{m['ci_low']:.5f}, {m['ci_high']:.5f}]; {ref} "
                f"{cv['mse']:.5f}; paired ({ref} − model) 95% CI [{cv['paired_diff_ci'][0]:+.5f}, {cv['paired_diff_ci'][1]:+.5f}]")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from selectlens.errors import InputError
 
@@ -30,7 +30,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-def _positive_list(name: str, values: list[float] | None) -> list[float] | None:
+def positive_list(name: str, values: list[float] | None) -> list[float] | None:
     if values is None:
         return None
     if len(values) == 0:
@@ -41,111 +41,151 @@ def _positive_list(name: str, values: list[float] | None) -> list[float] | None:
     return [float(v) for v in values]
 
 
-RAW_TASKS = ("mixed_noise_regression", "linear_or_logistic")
-
-
 class DataConfig(_Section):
-    """The task: in-context model selection (DESIGN §1.1–1.2) or a raw-data task (§4.2).
+    """The ``data`` section: the keys every task family has, and the family's name.
 
-    For the raw-data (interleaved) tasks ``N`` is the number of (x, y) pairs (2N tokens of
-    width ``d_d + 1``) and ``train_samp_per_class`` the sequences per epoch; the selection
-    keys (``data_alphas``, ``candidate_alphas``, ``classification``, …) are ignored.
+    Each family (a :class:`~selectlens.tasks.protocol.TaskFamily` in ``tasks/``) declares its own
+    keys as a subclass of this class (its ``Data``); :func:`config_from_dict` validates ``data``
+    against the family named by ``data.task``, so a key of another family is a one-line error.
+    ``n_features`` and ``n_positions`` (the token width and sequence length the model is built
+    for) follow from the family's keys and its token layout.
     """
 
-    task: Literal["selection", "mixed_noise_regression", "linear_or_logistic"] = Field(
-        "selection", description="selection (the original tasks, chosen by data.classification) or a raw-data task."
-    )
-
-    train_samp_per_class: int = Field(10000, gt=0, description="Sequences per epoch, split evenly over data_alphas.")
+    task: str = Field("selection", description="Task family: a registered name (see `selectlens tasks`), "
+                      "an import path 'package.module:Class', or an entry point in the group selectlens.tasks.")
+    train_samp_per_class: int = Field(10000, gt=0, description="Sequences per epoch.")
     d_d: int = Field(5, gt=0, description="Input dimension d.")
-    N: int = Field(21, ge=2, description="Sequence length: context points per sequence.")
-    data_alphas: list[float] = Field([0.1, 0.8], description="Latent noise levels; one is drawn per sequence.")
-    candidate_alphas: list[float] | None = Field(
-        None, description="Regularisation of each candidate model; defaults to data_alphas, as in the original."
-    )
+    N: int = Field(21, ge=2, description="Sequence length: context points (or pairs) per sequence.")
     train_prop: float = Field(0.8, gt=0, lt=1, description="Fraction of an epoch's sequences used for training.")
-    classification: bool = Field(False, description="Logistic-regression variant instead of ridge regression.")
-    data_gen_factor: float = Field(4.0, gt=0, description="Classification only: logit scale factor.")
-    noise_scale: float = Field(0.8, ge=0, description="Regression only: noise std is noise_scale * alpha.")
-    noise_levels: list[float] = Field([0.1, 0.5], description="Raw tasks: noise sd σ levels; one is drawn per sequence.")
-    noise_probs: list[float] | None = Field(None, description="Raw tasks: probability of each noise level (null: uniform).")
-    p_regression: float = Field(0.5, ge=0, le=1, description="linear_or_logistic: probability a sequence is regression.")
-
-    @field_validator("data_alphas")
-    @classmethod
-    def _check_data_alphas(cls, v: list[float]) -> list[float]:
-        return _positive_list("data_alphas", v)  # type: ignore[return-value]
-
-    @field_validator("candidate_alphas")
-    @classmethod
-    def _check_candidate_alphas(cls, v: list[float] | None) -> list[float] | None:
-        return _positive_list("candidate_alphas", v)
-
-    @field_validator("data_gen_factor", "noise_scale")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be finite")
-        return v
-
-    @field_validator("noise_levels")
-    @classmethod
-    def _check_noise_levels(cls, v: list[float]) -> list[float]:
-        return _positive_list("noise_levels", v)  # type: ignore[return-value]
-
-    @model_validator(mode="after")
-    def _check_noise_probs(self) -> "DataConfig":
-        p = self.noise_probs
-        if p is None:
-            return self
-        if len(p) != len(self.noise_levels):
-            raise ValueError(f"data.noise_probs has {len(p)} entries but data.noise_levels has {len(self.noise_levels)}")
-        if any(not math.isfinite(v) or v < 0 for v in p):
-            raise ValueError(f"data.noise_probs must be finite and >= 0 (got {p})")
-        if abs(sum(p) - 1.0) > 1e-6:
-            raise ValueError(f"data.noise_probs must sum to 1 (got {sum(p):g})")
-        return self
-
-    @property
-    def is_raw(self) -> bool:
-        """True for the raw-data (interleaved) tasks."""
-        return self.task in RAW_TASKS
-
-    @property
-    def noise_weights(self) -> list[float]:
-        """Probability of each noise level (``noise_probs``, or uniform)."""
-        if self.noise_probs is not None:
-            return list(self.noise_probs)
-        return [1.0 / len(self.noise_levels)] * len(self.noise_levels)
-
-    @property
-    def candidates(self) -> list[float]:
-        """The candidate regularisations actually used (``candidate_alphas`` or ``data_alphas``)."""
-        return list(self.candidate_alphas if self.candidate_alphas is not None else self.data_alphas)
-
-    @property
-    def task_name(self) -> str:
-        """The task's registry name: regression / classification, or the raw task's name."""
-        if self.is_raw:
-            return self.task
-        return "classification" if self.classification else "regression"
-
-    @property
-    def layout(self) -> str:
-        """Token layout: ``selection`` (one token per test point) or ``interleaved`` (x, y tokens)."""
-        return "interleaved" if self.is_raw else "selection"
 
     @property
     def n_features(self) -> int:
-        """Token width: one prediction per candidate plus the y entry; d + 1 for raw tasks."""
-        if self.is_raw:
-            return self.d_d + 1
-        return len(self.candidates) + 1
+        """Token width."""
+        raise NotImplementedError(f"data.task {self.task!r} has no data section")
 
     @property
     def n_positions(self) -> int:
-        """Tokens per sequence: N, or 2N for raw tasks (an x-token and a y-token per pair)."""
-        return 2 * self.N if self.is_raw else self.N
+        """Tokens per sequence."""
+        raise NotImplementedError(f"data.task {self.task!r} has no data section")
+
+    def scales(self) -> dict[str, float]:
+        """Config values whose squares must not overflow the dtype (key → value)."""
+        return {}
+
+    def check_config(self, config: "Config") -> None:
+        """Checks across sections (e.g. the training loss a family allows); raise ValueError."""
+        if config.training.loss != "mse":
+            raise ValueError(f"training.loss must be mse for data.task {self.task}")
+
+
+# ---------------------------------------------------------------------------
+# Task families: name → family class (registered by tasks.protocol.TaskFamily subclasses)
+
+FAMILIES: dict[str, Any] = {}
+ENTRY_POINT_GROUP = "selectlens.tasks"
+
+
+def register_family(name: str, family: Any) -> None:
+    """Make ``family`` (a class with a ``Data`` section) the task ``data.task: name``."""
+    FAMILIES[name] = family
+
+
+def _builtin_families() -> None:
+    import selectlens.tasks  # noqa: F401  (the package registers its families on import)
+
+
+def resolve_family(name: str) -> Any:
+    """The family class for ``data.task``: a registered name, an import path ``pkg.mod:Class``, or an
+    entry point in the group ``selectlens.tasks``. One :class:`ConfigError` line when none fits."""
+    if name not in FAMILIES and ":" not in name:
+        _builtin_families()
+    if name in FAMILIES:
+        return FAMILIES[name]
+    if ":" in name:
+        family = _import_family(name)
+    else:
+        family = _entry_point_family(name)
+    if family is None:
+        raise ConfigError(f"config key data.task: unknown task {name!r} (known: {', '.join(sorted(FAMILIES))}; "
+                          "or an import path package.module:Class)")
+    from_protocol = getattr(family, "check_protocol", None)
+    if from_protocol is None:
+        raise ConfigError(f"data.task {name!r}: {family!r} is not a SelectLens task family (subclass selectlens.tasks.TaskFamily)")
+    from_protocol(name)
+    FAMILIES[name] = family
+    return family
+
+
+def _import_family(path: str) -> Any:
+    import importlib
+
+    module, _, attr = path.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # a user's module: any error is theirs, said in one line
+        raise ConfigError(f"data.task {path!r}: cannot import {module}: {e.__class__.__name__}: {e}") from None
+    family = getattr(mod, attr, None)
+    if family is None:
+        raise ConfigError(f"data.task {path!r}: module {module} has no {attr!r}")
+    return family
+
+
+def _entry_point_family(name: str) -> Any:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            try:
+                return ep.load()
+            except Exception as e:
+                raise ConfigError(f"data.task {name!r}: entry point {ep.value} does not load: {e.__class__.__name__}: {e}") from None
+    return None
+
+
+def data_section(raw: Any) -> DataConfig:
+    """Validate a ``data`` mapping against its family's section (``data.task``, default selection)."""
+    if isinstance(raw, DataConfig):
+        return raw
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key data must be a mapping, got {type(raw).__name__}")
+    name = raw.get("task", "selection")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"config key data.task must be a task name (got {name!r})")
+    section = resolve_family(name).Data
+    try:
+        return section.model_validate({**raw, "task": name})
+    except ValidationError as e:
+        errors = e.errors()
+        first = _format_data_error(errors[0], name)
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise ConfigError(first + more) from None
+
+
+def _format_data_error(err: dict[str, Any], task: str) -> str:
+    loc = ("data", *err.get("loc", ()))
+    if err.get("type") == "extra_forbidden":
+        key = str(loc[-1])
+        owners = sorted(n for n, f in FAMILIES.items() if key in f.Data.model_fields)
+        if owners:
+            return (f"config key data.{key} belongs to data.task {' / '.join(owners)}, not {task} "
+                    f"(keys of {task}: {', '.join(resolve_family(task).Data.model_fields)})")
+        close = difflib.get_close_matches(key, list(resolve_family(task).Data.model_fields), n=1, cutoff=0.5)
+        hint = f" (did you mean data.{close[0]}?)" if close else ""
+        return f"unknown config key data.{key} for data.task {task}{hint}"
+    return _format_error({**err, "loc": loc})
+
+
+def stored_data(raw: dict[str, Any]) -> dict[str, Any]:
+    """A ``data`` mapping written by an older SelectLens (every family's keys in one section), cut to
+    its own family's keys; what the user wrote is never cut (``config_from_dict`` is strict)."""
+    name = raw.get("task", "selection")
+    try:
+        fields = resolve_family(name).Data.model_fields
+    except ConfigError:
+        return raw
+    return {k: v for k, v in raw.items() if k in fields}
 
 
 class ModelConfig(_Section):
@@ -207,7 +247,7 @@ class WandbConfig(_Section):
 class Config(_Section):
     """A whole SelectLens config."""
 
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: SerializeAsAny[DataConfig] = Field(default_factory=lambda: data_section({}))
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     out_dir: str = Field("runs/default", min_length=1, description="Default run directory.")
@@ -228,16 +268,14 @@ class Config(_Section):
             raise ValueError(f"not a torch device: {v!r}") from None
         return v
 
+    @field_validator("data", mode="before")
+    @classmethod
+    def _family_section(cls, v: Any) -> DataConfig:
+        return data_section(v)
+
     @model_validator(mode="after")
-    def _loss_fits_task(self) -> "Config":
-        if self.data.is_raw:
-            if self.training.loss != "mse":
-                raise ValueError(f"training.loss must be mse for data.task {self.data.task}")
-            if self.data.classification:
-                raise ValueError(f"data.classification applies to data.task selection only, not {self.data.task}")
-            return self
-        if self.training.loss == "bce" and not self.data.classification:
-            raise ValueError("training.loss bce needs data.classification true")
+    def _data_fits_config(self) -> "Config":
+        self.data.check_config(self)
         return self
 
     @model_validator(mode="after")
@@ -245,11 +283,7 @@ class Config(_Section):
         """Scales whose squares (noise variances, ridge systems, squared errors) overflow ``dtype``
         would make the generated data or the losses non-finite: refuse them up front."""
         limit = math.sqrt(FLOAT_MAX[self.dtype]) / 1e3
-        d = self.data
-        checks = {"data.data_alphas": max(d.data_alphas) * max(d.noise_scale, 1.0),
-                  "data.candidate_alphas": max(d.candidates), "data.data_gen_factor": d.data_gen_factor,
-                  "data.noise_levels": max(d.noise_levels)}
-        for key, value in checks.items():
+        for key, value in self.data.scales().items():
             if value > limit:
                 raise ValueError(f"{key} too large for dtype {self.dtype}: {value:g} would overflow "
                                  f"(at most {limit:.1e}; use dtype float64 or smaller values)")
@@ -302,12 +336,19 @@ def _format_error(err: dict[str, Any]) -> str:
     return f"config key {key}: {msg}{shown}"
 
 
-def config_from_dict(raw: Any) -> Config:
-    """Validate a plain mapping; raise :class:`ConfigError` with one line on failure."""
+def config_from_dict(raw: Any, *, stored: bool = False) -> Config:
+    """Validate a plain mapping; raise :class:`ConfigError` with one line on failure.
+
+    ``stored``: the config of a run or data file written by SelectLens, possibly an older one
+    whose ``data`` section held every family's keys; those of other families are dropped."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
+    data = raw.get("data")
+    if stored and isinstance(data, dict):
+        data = stored_data(data)
+    raw = {**raw, "data": data_section(data)}
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

@@ -94,7 +94,7 @@ def read_run_config(run_dir: Path) -> Config:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RunDirError(f"{path} is not valid JSON") from None
     try:
-        return config_from_dict(raw)
+        return config_from_dict(raw, stored=True)
     except ConfigError as e:
         raise RunDirError(f"{path}: {e}") from None
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from selectlens.baselines.common import Predictor
-from selectlens.tasks.generators import TaskBatch
+from selectlens.tasks.selection import TaskBatch
 
 
 def _full_information_data(batch: TaskBatch) -> tuple[Tensor, Tensor, Tensor]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from selectlens.tasks.generators import TaskBatch
+from selectlens.tasks.selection import TaskBatch
 
 Predictor = Callable[[TaskBatch], Tensor]
 _EPS = 1e-7

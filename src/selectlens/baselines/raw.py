@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from selectlens.tasks.fitting import logistic_fit
 
-if TYPE_CHECKING:
-    from selectlens.tasks.raw import RawBatch, RawTask
+from selectlens.baselines.suite import BaselineSuite, register_suite, suite_for
+from selectlens.tasks.raw import LinearOrLogisticTask, RawBatch, RawTask
 
 RawPredictor = Callable[["RawBatch"], Tensor]
 
@@ -52,7 +52,7 @@ LOGISTIC_C = 5.0
 #: What each raw baseline sees ("honest" = only the visible pairs; "latent" = also σ or the type).
 RAW_BASELINE_SEES: dict[str, str] = {
     "least_squares": HONEST,
-    "ridge[σ]": HONEST,  # one per noise level, e.g. ridge[0.1]
+    "ridge[": HONEST,  # one per noise level, e.g. ridge[0.1]
     "bayes_posterior_mixture": HONEST,
     "oracle_sigma_ridge": LATENT,
     "nearest_neighbours_3": HONEST,
@@ -61,15 +61,6 @@ RAW_BASELINE_SEES: dict[str, str] = {
     "type_detector": HONEST,
     "type_oracle": LATENT,
 }
-
-
-def baseline_sees(name: str, default: str | None = None) -> str:
-    """What the baseline ``name`` sees (``ridge[0.1]`` → the ``ridge[σ]`` entry); ``default`` for
-    names that are not raw baselines (KeyError without one)."""
-    key = "ridge[σ]" if name.startswith("ridge[") else name
-    if default is not None:
-        return RAW_BASELINE_SEES.get(key, default)
-    return RAW_BASELINE_SEES[key]
 
 
 def _f64(t: Tensor) -> Tensor:
@@ -279,25 +270,45 @@ def _last_batch_memo(fn: Callable[["RawBatch"], Tensor]) -> Callable[["RawBatch"
     return call
 
 
-def raw_baselines(task_name: str, sigmas: list[float], probs: list[float], *, logistic_C: float = LOGISTIC_C) -> dict[str, RawPredictor]:
-    """Every raw baseline for ``task_name`` (``mixed_noise_regression`` or ``linear_or_logistic``)
-    with noise levels ``sigmas`` drawn with probabilities ``probs``; see ``RAW_BASELINE_SEES``."""
+@register_suite(RawTask)
+class RawSuite(BaselineSuite):
+    """Baselines of the raw-data regression tasks, every prefix at once; the reference is the exact
+    Bayes posterior mixture (Bayes-optimal among predictors of the pairs for the mixed-noise prior)."""
 
-    def on(fn: Callable[[Tensor, Tensor], Tensor]) -> RawPredictor:
-        return lambda batch: fn(batch.x, batch.y).to(batch.x.dtype)
+    SEES = RAW_BASELINE_SEES
 
-    mixture = _last_batch_memo(lambda batch: bayes_mixture(batch.x, batch.y, sigmas, probs)[0])
+    def reference_name(self) -> str:
+        return "bayes_posterior_mixture"
 
-    out: dict[str, RawPredictor] = {"least_squares": on(least_squares)}
-    out.update(_per_level_ridge(sigmas))
-    out.update({
-        "bayes_posterior_mixture": lambda batch: mixture(batch).to(batch.x.dtype),
-        "oracle_sigma_ridge": oracle_sigma_ridge,
-        "nearest_neighbours_3": on(nearest_neighbours),
-        "averaging": on(averaging),
-    })
-    if task_name == "linear_or_logistic":
-        logistic = _last_batch_memo(lambda batch: logistic_regression(batch.x, batch.y, logistic_C))
+    def predictors(self, fit: Any = None) -> dict[str, RawPredictor]:
+        sigmas, probs = list(self.task.noise_levels), list(self.task.noise_probs)
+        self.mixture = _last_batch_memo(lambda batch: bayes_mixture(batch.x, batch.y, sigmas, probs)[0])
+        out: dict[str, RawPredictor] = {"least_squares": _on(least_squares)}
+        out.update(_per_level_ridge(sigmas))
+        out.update({
+            "bayes_posterior_mixture": lambda batch: self.mixture(batch).to(batch.x.dtype),
+            "oracle_sigma_ridge": oracle_sigma_ridge,
+            "nearest_neighbours_3": _on(nearest_neighbours),
+            "averaging": _on(averaging),
+        })
+        return out
+
+
+def _on(fn: Callable[[Tensor, Tensor], Tensor]) -> RawPredictor:
+    return lambda batch: fn(batch.x, batch.y).to(batch.x.dtype)
+
+
+@register_suite(LinearOrLogisticTask)
+class LinearOrLogisticSuite(RawSuite):
+    """Adds logistic regression, the honest type detector and the latent type oracle. The reference stays
+    the Bayes mixture (Bayes-optimal on the regression sequences only)."""
+
+    logistic_C: float = LOGISTIC_C
+
+    def predictors(self, fit: Any = None) -> dict[str, RawPredictor]:
+        out = super().predictors(fit)
+        mixture = self.mixture
+        logistic = _last_batch_memo(lambda batch: logistic_regression(batch.x, batch.y, self.logistic_C))
 
         def type_oracle(batch: "RawBatch") -> Tensor:
             """LATENT type: the Bayes mixture on regression sequences, logistic regression on the rest."""
@@ -314,11 +325,9 @@ def raw_baselines(task_name: str, sigmas: list[float], probs: list[float], *, lo
             "type_detector": type_detector,
             "type_oracle": type_oracle,
         })
-    elif task_name != "mixed_noise_regression":
-        raise ValueError(f"no raw baselines for task {task_name!r}")
-    return out
+        return out
 
 
-def make_raw_baselines(task: "RawTask") -> dict[str, RawPredictor]:
-    """Every raw baseline for a raw task, by name; ``RAW_BASELINE_SEES`` says what each sees."""
-    return raw_baselines(task.name, list(task.noise_levels), list(task.noise_probs))
+def make_raw_baselines(task: RawTask) -> dict[str, RawPredictor]:
+    """Every baseline of a raw task, by name (its suite's predictors)."""
+    return suite_for(task).predictors(None)

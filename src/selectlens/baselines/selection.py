@@ -33,7 +33,9 @@ from selectlens.baselines.common import (
     Predictor, candidate_predictions, context_errors, fit_log_grid, pick, pointwise_loss, visible,
 )
 from selectlens.baselines.stacking import StackingFit, context_stacking, fit_context_stacking
-from selectlens.tasks.generators import STACKING_STREAM, TEMPERATURE_STREAM, Task, TaskBatch, make_generator, stream_seed
+from selectlens.baselines.suite import BaselineSuite, register_suite, suite_for
+from selectlens.tasks.protocol import STACKING_STREAM, TEMPERATURE_STREAM, make_generator, stream_seed
+from selectlens.tasks.selection import ClassificationTask, RegressionTask, SelectionTask, TaskBatch
 
 __all__ = [
     "SEES", "SELECTION_BASELINE_SEES", "Predictor", "SelectionFit", "StackingFit", "baseline_sees",
@@ -61,7 +63,7 @@ SELECTION_BASELINE_SEES: dict[str, str] = {
 
 
 def baseline_sees(name: str) -> str:
-    """What predictor ``name`` sees: ``honest``, ``latent``, ``oracle`` or ``bound`` (``model`` is honest)."""
+    """What a selection predictor ``name`` sees: ``honest``, ``latent``, ``oracle`` or ``bound`` (``model`` is honest)."""
     if name == "model" or name.startswith("candidate["):
         return "honest"
     if name.startswith("oracle_"):
@@ -152,7 +154,7 @@ def fit_oracle_temperature(batch: TaskBatch, kind: str) -> float:
     return _fit_temperature(batch, kind, pointwise_loss(candidate_predictions(batch), batch.target.unsqueeze(1), kind))
 
 
-def training_temperature(task: Task, seed: int, sequences: int) -> float:
+def training_temperature(task: SelectionTask, seed: int, sequences: int) -> float:
     """The context-softmax temperature for a run seeded ``seed``: fitted on ``sequences`` training-distribution
     sequences from their own seed stream, so the trainer and the evaluator get the same value."""
     batch = task.sample(sequences, make_generator(stream_seed(seed, TEMPERATURE_STREAM), task.device))
@@ -180,51 +182,109 @@ class SelectionFit:
         return cls(**{**d, "stacking": StackingFit.from_dict(d["stacking"]) if d.get("stacking") else None})
 
 
-def fit_selection_baselines(task: Task, seed: int, sequences: int, metric: str | None = None) -> SelectionFit:
-    """Fit every baseline's free parameters for a run seeded ``seed`` by ``metric`` (default: the task's
-    loss): the softmax temperatures on the temperature stream, the stacking baseline on the stacking
-    stream; then pick the best honest baseline by its loss on the stacking stream's sequences."""
-    metric = metric or task.loss
-    temp_batch = task.sample(sequences, make_generator(stream_seed(seed, TEMPERATURE_STREAM), task.device))
-    stack_batch = task.sample(sequences, make_generator(stream_seed(seed, STACKING_STREAM), task.device))
-    classification = task.loss == "bce"
-    fit = SelectionFit(
-        metric=metric,
-        temperature=fit_softmax_temperature(temp_batch, metric),
-        oracle_temperature=fit_oracle_temperature(temp_batch, metric),
-        stacking=fit_context_stacking(stack_batch, metric, classification=classification, candidates=task.candidates),
-    )
-    honest = {n: f for n, f in make_baselines(task, fit).items() if baseline_sees(n) == "honest"}
-    fit.train_losses = {n: float(pointwise_loss(f(stack_batch), stack_batch.target, metric).double().mean())
-                        for n, f in honest.items()}
-    fit.best_honest = min(fit.train_losses, key=fit.train_losses.get)
-    return fit
+def fit_selection_baselines(task: SelectionTask, seed: int, sequences: int, metric: str | None = None) -> SelectionFit:
+    """Fit every baseline's free parameters for a run seeded ``seed`` by ``metric`` (see :meth:`SelectionSuite.fit`)."""
+    return suite_for(task).fit(seed, sequences, metric)
 
 
-def make_baselines(task: Task, fit: SelectionFit | float) -> dict[str, Predictor]:
-    """Every baseline for ``task``, by name, selecting and fitted by ``fit.metric``.
+@register_suite(SelectionTask)
+class SelectionSuite(BaselineSuite):
+    """Baselines of any selection-layout task: one per candidate, their average, context validation,
+    the context-softmax ensemble, context stacking (honest); the oracles. Subclasses add their latent
+    predictors and bounds (:meth:`references`)."""
 
-    A bare float is taken as the context-softmax temperature of a fit without stacking (older runs);
-    the oracle softmax ensemble then uses the original temperature 1.
-    """
-    if not isinstance(fit, SelectionFit):
-        fit = SelectionFit(task.loss, float(fit), 1.0, None)
-    kind = fit.metric
-    out: dict[str, Predictor] = {f"candidate[{c:g}]": candidate(k) for k, c in enumerate(task.candidates)}
-    out.update({
-        "candidate_average": candidate_average,
-        "context_validation_select": context_validation_select(kind),
-        "context_softmax_ensemble": context_softmax_ensemble(kind, fit.temperature),
-    })
-    if fit.stacking is not None:
-        out["context_stacking"] = context_stacking(fit.stacking)
-    out["true_alpha_candidate"] = true_alpha_candidate(task.candidates)
-    if task.loss == "mse":
-        out["bayes_matched_ridge"] = bayes_matched_ridge(task.data.noise_scale)
-        out["bayes_full_information"] = bayes_full_information(task.data.data_alphas, task.data.noise_scale)
-    out.update({
-        "oracle_select": oracle_select(kind),
-        "oracle_softmax_ensemble": oracle_softmax_ensemble(kind, fit.oracle_temperature),
-        "oracle_softmax_ensemble_original": oracle_softmax_ensemble_original,
-    })
-    return out
+    SEES = {"candidate[": "honest", "oracle_": "oracle", **SELECTION_BASELINE_SEES}
+
+    def sees(self, name: str) -> str:
+        return "oracle" if name.startswith("oracle_") else super().sees(name)
+
+    def fit(self, seed: int, sequences: int, metric: str | None = None) -> SelectionFit:
+        """Every baseline's free parameters for a run seeded ``seed``, by ``metric`` (default: the task's
+        loss): the softmax temperatures on the temperature stream, the stacking baseline on the stacking
+        stream; then the best honest baseline by its loss on the stacking stream's sequences."""
+        task = self.task
+        metric = metric or task.loss
+        temp_batch = task.sample(sequences, make_generator(stream_seed(seed, TEMPERATURE_STREAM), task.device))
+        stack_batch = task.sample(sequences, make_generator(stream_seed(seed, STACKING_STREAM), task.device))
+        fit = SelectionFit(
+            metric=metric,
+            temperature=fit_softmax_temperature(temp_batch, metric),
+            oracle_temperature=fit_oracle_temperature(temp_batch, metric),
+            stacking=fit_context_stacking(stack_batch, metric, classification=task.loss == "bce", candidates=task.candidates),
+        )
+        honest = {n: f for n, f in self.predictors(fit).items() if self.sees(n) == "honest"}
+        fit.train_losses = {n: float(pointwise_loss(f(stack_batch), stack_batch.target, metric).double().mean())
+                            for n, f in honest.items()}
+        fit.best_honest = min(fit.train_losses, key=fit.train_losses.get)
+        return fit
+
+    def fit_from_checkpoint(self, saved: dict[str, Any], metric: str) -> SelectionFit:
+        if saved.get("baseline_fit"):
+            return SelectionFit.from_dict(saved["baseline_fit"])
+        # checkpoints from before stacking: the context-softmax temperature only
+        return SelectionFit(metric, float(saved.get("temperature", 1.0)), 1.0, None)
+
+    def references(self, fit: SelectionFit) -> dict[str, Predictor]:
+        """Latent predictors and bounds, between the honest baselines and the oracles."""
+        return {"true_alpha_candidate": true_alpha_candidate(self.task.candidates)}
+
+    def predictors(self, fit: SelectionFit | float) -> dict[str, Predictor]:
+        """Every baseline, by name, selecting and fitted by ``fit.metric``.
+
+        A bare float is taken as the context-softmax temperature of a fit without stacking (older runs);
+        the oracle softmax ensemble then uses the original temperature 1.
+        """
+        task = self.task
+        if not isinstance(fit, SelectionFit):
+            fit = SelectionFit(task.loss, float(fit), 1.0, None)
+        kind = fit.metric
+        out: dict[str, Predictor] = {f"candidate[{c:g}]": candidate(k) for k, c in enumerate(task.candidates)}
+        out.update({
+            "candidate_average": candidate_average,
+            "context_validation_select": context_validation_select(kind),
+            "context_softmax_ensemble": context_softmax_ensemble(kind, fit.temperature),
+        })
+        if fit.stacking is not None:
+            out["context_stacking"] = context_stacking(fit.stacking)
+        out.update(self.references(fit))
+        out.update({
+            "oracle_select": oracle_select(kind),
+            "oracle_softmax_ensemble": oracle_softmax_ensemble(kind, fit.oracle_temperature),
+            "oracle_softmax_ensemble_original": oracle_softmax_ensemble_original,
+        })
+        return out
+
+    def describe_fit(self, fit: SelectionFit, metric_name: str) -> str:
+        text = (f"Fitted on training data by {metric_name}: context-softmax temperature {fit.temperature:.4g}, "
+                f"oracle-softmax temperature {fit.oracle_temperature:.4g}")
+        st = fit.stacking
+        if st is not None:
+            est = st.estimator
+            text += (f"; context_stacking: {st.kind}, {'with' if st.intercept else 'no'} intercept, shrunk towards "
+                     f"{'the average' if st.prior == 'average' else 'zero'}, penalty per estimated level "
+                     + ", ".join(f"α={a:g}: {p:.4g}" for a, p in zip(est.levels, st.penalties))
+                     + f" (level estimated by thresholds {', '.join(f'{c:.4g}' for c in est.thresholds)} on candidate "
+                     f"{est.candidate}'s mean visible loss; {100 * est.accuracy:.1f}% correct on training data)")
+        return text + f". Best honest baseline on training data: {fit.best_honest}."
+
+
+@register_suite(ClassificationTask)
+class ClassificationSuite(SelectionSuite):
+    """Classification: no closed-form information bound (the posterior over w given logistic labels has
+    none), so the latent true-α candidate and the oracles are the references."""
+
+
+@register_suite(RegressionTask)
+class RegressionSuite(SelectionSuite):
+    """Regression adds the Bayes-matched ridge (latent), the full-information Bayes bound and the noise floor."""
+
+    bound = "bayes_full_information"
+
+    def references(self, fit: SelectionFit) -> dict[str, Predictor]:
+        data = self.task.data
+        return {**super().references(fit),
+                "bayes_matched_ridge": bayes_matched_ridge(data.noise_scale),
+                "bayes_full_information": bayes_full_information(data.data_alphas, data.noise_scale)}
+
+    def extra_losses(self, batch: TaskBatch, metric: str) -> dict[str, Tensor]:
+        return {"noise_floor": noise_floor_losses(batch, self.task.data.noise_scale)}

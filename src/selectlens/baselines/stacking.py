@@ -26,7 +26,7 @@ from torch import Tensor
 
 from selectlens.baselines.common import Predictor, candidate_predictions, context_errors, pointwise_loss, visible
 from selectlens.tasks.fitting import logistic_fit
-from selectlens.tasks.generators import TaskBatch
+from selectlens.tasks.selection import TaskBatch
 
 RIDGE_LOG10_GRID = (-6.0, 3.0, 91)
 LOGISTIC_LOG10_GRID = (-3.0, 3.0, 13)

@@ -8,6 +8,7 @@ so runs can be compared sequence by sequence.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -15,22 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from selectlens.baselines import (
-    baseline_sees, fit_selection_baselines, make_baselines, noise_floor_losses, pointwise_loss,
-)
+from selectlens.baselines import BaselineSuite, pointwise_loss, suite_for
 from selectlens.config import Config, check_device
-from selectlens.evaluate.context_length import context_length_markdown, evaluate_raw_model, write_context_length_eval
+from selectlens.evaluate.context_length import context_length_figure, curves_markdown, group_curves
 from selectlens.evaluate.metrics import bootstrap_ratio_ci, mean_ci, paired_diff_ci
 from selectlens.model.gpt2 import SelectionTransformer
 from selectlens.fileio import atomic_write
 from selectlens.rundir import weights_sha256
 from selectlens.tasks.memory import check_memory, eval_bytes
-from selectlens.tasks.generators import EVAL_STREAM, TaskBatch, make_generator, make_task, stream_seed
+from selectlens.tasks.protocol import EVAL_STREAM, Batch, TaskFamily, make_generator, make_task, stream_seed
 
 
-def heldout_batch(config: Config, sequences: int, device: torch.device | str = "cpu") -> TaskBatch:
-    """The fixed held-out set for ``config.seed``."""
-    return make_task(config, device=device).sample(sequences, make_generator(stream_seed(config.seed, EVAL_STREAM), device))
+def heldout_batch(config: Config, sequences: int, device: torch.device | str = "cpu") -> Batch:
+    """The fixed held-out set for ``config.seed`` (the task's ``sample_for_eval``)."""
+    task = make_task(config, device=device)
+    return task.sample_for_eval(sequences, make_generator(stream_seed(config.seed, EVAL_STREAM), device))
 
 
 METRIC_NAMES = {"mse": "squared error", "bce": "log-loss"}
@@ -41,110 +41,120 @@ def _summary(losses: torch.Tensor) -> dict[str, float]:
     return {"mean": m, "ci_low": lo, "ci_high": hi}
 
 
-def _metric_name(task, metric: str) -> str:
+def metric_name(task: TaskFamily, metric: str) -> str:
     return "Brier score" if metric == "mse" and task.loss == "bce" else METRIC_NAMES[metric]
 
 
-def _predictor_entry(name: str, losses: torch.Tensor, model_losses: torch.Tensor, alphas: torch.Tensor,
-                     levels: list[float]) -> dict[str, Any]:
-    """One table row: mean with CI, the paired CI of (predictor − model), per-α means, what it sees."""
+def _predictor_entry(name: str, losses: torch.Tensor, model_losses: torch.Tensor, groups: dict[str, torch.Tensor],
+                     sees: str) -> dict[str, Any]:
+    """One table row: mean with CI, the paired CI of (predictor − model), per-group means, what it sees.
+    ``losses`` are per sequence (the mean over the read-out positions)."""
     entry: dict[str, Any] = _summary(losses)
     if name != "model":
         d, dlo, dhi = paired_diff_ci(losses, model_losses)
         entry.update(paired_diff=d, paired_diff_ci=[dlo, dhi], model_better=bool(dlo > 0))
-    entry["per_alpha"] = {f"{a:g}": _summary(losses[alphas == a]) for a in levels}
-    entry["sees"] = baseline_sees(name)
-    entry["oracle"] = entry["sees"] == "oracle"
+    entry["per_group"] = {g: _summary(losses[m]) for g, m in groups.items() if g != "all"}
+    entry["sees"] = sees
     return entry
 
 
-def _gap_closed(losses: dict[str, torch.Tensor], best: str) -> dict[str, Any] | None:
+def _gap_closed(losses: dict[str, torch.Tensor], best: str, bound: str | None) -> dict[str, Any] | None:
     """(best honest − model)/(best honest − bound) with a paired bootstrap CI over sequences; None without a bound."""
-    if "bayes_full_information" not in losses:
+    if bound is None or bound not in losses or bound == best:
         return None
     num = losses[best] - losses["model"]
-    den = losses[best] - losses["bayes_full_information"]
+    den = losses[best] - losses[bound]
     ratio, lo, hi = bootstrap_ratio_ci(num, den)
-    return {"best_honest": best, "bound": "bayes_full_information", "value": ratio, "ci": [lo, hi],
-            "significant": bool(lo > 0 or hi < 0)}
+    return {"best_honest": best, "bound": bound, "value": ratio, "ci": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
 
 
-def evaluate_metric(task, batch: TaskBatch, model_pred: torch.Tensor, config: Config, metric: str) -> dict[str, Any]:
-    """Every predictor under ``metric`` (``mse`` or ``bce``), each baseline selecting and fitted by ``metric``
-    on training data: the table, the fit, the best honest baseline (chosen on training data) and the gap closed."""
-    fit = fit_selection_baselines(task, config.seed, config.eval.temperature_sequences, metric)
-    preds = {"model": model_pred, **{name: fn(batch) for name, fn in make_baselines(task, fit).items()}}
-    losses = {name: pointwise_loss(p, batch.target, metric).double().cpu() for name, p in preds.items()}
-    if task.loss == "mse":
-        losses["noise_floor"] = noise_floor_losses(batch, task.data.noise_scale).cpu()
-    alphas = batch.alpha.cpu()
-    levels = sorted({float(a) for a in alphas.tolist()})
-    table = {name: _predictor_entry(name, l, losses["model"], alphas, levels) for name, l in losses.items()}
-    return {"metric": metric, "metric_name": _metric_name(task, metric), "predictors": table,
-            "fit": fit.as_dict(), "best_honest": fit.best_honest, "gap_closed": _gap_closed(losses, fit.best_honest)}
+def _as_positions(pred: torch.Tensor) -> torch.Tensor:
+    return pred if pred.dim() == 2 else pred.unsqueeze(1)
+
+
+def evaluate_metric(task: TaskFamily, suite: BaselineSuite, batch: Batch, model_pred: torch.Tensor, config: Config,
+                    metric: str) -> dict[str, Any]:
+    """Every predictor under ``metric``, each baseline selecting and fitted by ``metric`` on training data:
+    the table, the fit, the reference (best honest, chosen on training data), the gap closed and the curves."""
+    fit = suite.fit(config.seed, config.eval.temperature_sequences, metric)
+    preds = {"model": model_pred, **{name: fn(batch) for name, fn in suite.predictors(fit).items()}}
+    preds = {name: _as_positions(p) for name, p in preds.items()}
+    target = batch.targets
+    pointwise = {name: pointwise_loss(p.double(), target.double(), metric).cpu() for name, p in preds.items()}  # [B, P]
+    pointwise.update({name: _as_positions(l.double().cpu()) for name, l in suite.extra_losses(batch, metric).items()})
+    losses = {name: l.mean(1) for name, l in pointwise.items()}  # [B]: per sequence
+    groups = {g: m.cpu() for g, m in task.groups(batch).items()}
+    sees = {name: "bound" if name not in preds else suite.sees(name) for name in losses}
+    table = {name: _predictor_entry(name, l, losses["model"], groups, sees[name]) for name, l in losses.items()}
+    reference = suite.reference(fit)
+    curves = group_curves({k: v.cpu() for k, v in preds.items()}, pointwise, groups, reference, metric,
+                          {g: task.curve_metrics(g) for g in groups}, target.cpu())
+    return {"metric": metric, "metric_name": metric_name(task, metric), "predictors": table,
+            "fit": fit.as_dict(), "best_honest": fit.best_honest, "reference": reference, "bound": suite.bound,
+            "gap_closed": _gap_closed(losses, reference, suite.bound), "fit_summary": suite.describe_fit(fit, metric_name(task, metric)),
+            "groups": curves}
+
+
+def evaluate_predictions(task: TaskFamily, batch: Batch, model_pred: torch.Tensor, config: Config) -> dict[str, Any]:
+    """The ``eval.json`` content from the model's predictions ``[B, P]`` (or ``[B]``) on the held-out ``batch``:
+    one table per metric of the task (the first is the primary one), per-group and per-position results."""
+    suite = suite_for(task)
+    tables = {m: evaluate_metric(task, suite, batch, model_pred, config, m) for m in task.metrics}
+    primary = tables[task.metrics[0]]
+    for t in tables.values():
+        for e in t["predictors"].values():
+            e[t["metric"]] = e["mean"]
+    return {
+        "task": getattr(task, "label", task.name),
+        "family": task.name,
+        "layout": task.layout,
+        "sequences": len(batch),
+        "seed": config.seed,
+        "metric": primary["metric"],
+        "metric_name": primary["metric_name"],
+        "d": task.data.d_d,
+        "N": task.data.N,
+        "positions": task.context_sizes,
+        "table_positions": task.curve_positions(),
+        "reference": primary["reference"],
+        "bound": primary["bound"],
+        "predictors": primary["predictors"],
+        "groups": primary["groups"],
+        "tables": {m: {k: v for k, v in t.items() if k != "groups"} for m, t in tables.items()},
+    }
 
 
 def evaluate_model(
     model: SelectionTransformer, config: Config, *, sequences: int | None = None, device: str | None = None
 ) -> dict[str, Any]:
-    """Evaluate ``model`` against every baseline; returns the ``eval.json`` content.
-
-    Regression: squared error. Classification: the Brier score and the log-loss, each with its own
-    baselines fitted by it. ``predictors`` (the squared-error / Brier table, with ``mse`` kept as the
-    mean's key) is what older readers use; ``tables`` holds every metric."""
+    """Evaluate ``model`` against every baseline of its task on the held-out set; returns the ``eval.json`` content."""
     dev = check_device(device or config.device)
     n = sequences or config.eval.sequences
     check_memory(eval_bytes(config, n), f"evaluating on {n:,} held-out sequences", str(dev), "lower --sequences")
     task = make_task(config, device=dev)
     batch = heldout_batch(config, n, dev)
-    if config.data.is_raw:  # raw-data tasks: every context length, per σ and task type
-        return evaluate_raw_model(model.to(dev), task, batch, seed=config.seed)
-    model_pred = model.to(dev).predict_in_chunks(batch.tokens)
-    metrics = ["mse"] if task.loss == "mse" else ["mse", "bce"]
-    tables = {m: evaluate_metric(task, batch, model_pred, config, m) for m in metrics}
-    primary = tables["mse"]
-    for e in primary["predictors"].values():
-        e["mse"] = e["mean"]
-    return {
-        "task": config.data.task_name,
-        "sequences": n,
-        "seed": config.seed,
-        "metric": "mse",
-        "context_softmax_temperature": primary["fit"]["temperature"],
-        "predictors": primary["predictors"],
-        "tables": tables,
-    }
+    model_pred = model.to(dev).predict_positions(batch.tokens, task.readout)
+    return evaluate_predictions(task, batch, model_pred, config)
 
 
 def _table_markdown(t: dict[str, Any]) -> list[str]:
     preds = t["predictors"]
-    alphas = list(preds["model"]["per_alpha"])
+    groups = list(preds["model"]["per_group"])
     lines = ["| predictor | sees | " + t["metric_name"] + " | 95% CI | baseline − model (paired 95% CI) | "
-             + " | ".join(f"α={a}" for a in alphas) + " |", "|" + "---|" * (5 + len(alphas))]
+             + " | ".join(groups) + " |", "|" + "---|" * (5 + len(groups))]
     for name, e in preds.items():
         paired = "—" if name == "model" else (
             f"{e['paired_diff']:+.5f} [{e['paired_diff_ci'][0]:+.5f}, {e['paired_diff_ci'][1]:+.5f}]"
             + (" model better" if e["model_better"] else (" baseline better" if e["paired_diff_ci"][1] < 0 else " not significant"))
         )
-        per = " | ".join(f"{e['per_alpha'][a]['mean']:.5f}" for a in alphas)
+        per = " | ".join(f"{e['per_group'][g]['mean']:.5f}" for g in groups)
         lines.append(f"| {name} | {e['sees']} | {e['mean']:.5f} | [{e['ci_low']:.5f}, {e['ci_high']:.5f}] | {paired} | {per} |")
     return lines
 
 
 def fit_summary(t: dict[str, Any]) -> str:
-    """One paragraph: what the baselines fitted on training data, and which honest baseline is best there."""
-    f = t["fit"]
-    text = (f"Fitted on training data by {t['metric_name']}: context-softmax temperature {f['temperature']:.4g}, "
-            f"oracle-softmax temperature {f['oracle_temperature']:.4g}")
-    st = f.get("stacking")
-    if st:
-        est = st["estimator"]
-        text += (f"; context_stacking: {st['kind']}, {'with' if st['intercept'] else 'no'} intercept, shrunk towards "
-                 f"{'the average' if st['prior'] == 'average' else 'zero'}, penalty per estimated level "
-                 + ", ".join(f"α={a:g}: {p:.4g}" for a, p in zip(est["levels"], st["penalties"]))
-                 + f" (level estimated by thresholds {', '.join(f'{c:.4g}' for c in est['thresholds'])} on candidate "
-                 f"{est['candidate']}'s mean visible loss; {100 * est['accuracy']:.1f}% correct on training data)")
-    return text + f". Best honest baseline on training data: {t['best_honest']}."
+    """One paragraph: what the baselines fitted on training data, and which honest baseline is the reference."""
+    return t["fit_summary"]
 
 
 def gap_closed_text(t: dict[str, Any]) -> str:
@@ -159,14 +169,16 @@ def gap_closed_text(t: dict[str, Any]) -> str:
 
 
 def eval_markdown(result: dict[str, Any]) -> str:
-    """The evaluation tables (one per metric) as Markdown (raw runs: the context-length tables)."""
-    if result.get("layout") == "interleaved":
-        return context_length_markdown(result)
+    """The evaluation tables (one per metric) as Markdown, and the per-position tables where the model
+    predicts at several positions."""
     lines = [f"# Evaluation: {result['task']}, {result['sequences']} held-out sequences (seed {result['seed']})", ""]
     for t in result["tables"].values():
-        lines += [f"## {t['metric_name']}", "", *_table_markdown(t), "", fit_summary(t), "", gap_closed_text(t), ""]
-    lines += ["Sees: honest = only the tokens; latent = also α (and x); oracle = the answer; bound = a reference no "
-              "predictor of the tokens beats in expectation (not a competitor).", ""]
+        lines += [f"## {t['metric_name']}", "", "Per sequence: the mean over the read-out positions.", "",
+                  *_table_markdown(t), "", fit_summary(t), "", gap_closed_text(t), ""]
+    if len(result["positions"]) > 1:
+        lines += curves_markdown(result)
+    lines += ["Sees: honest = only the tokens; latent = also a latent variable (α, σ, the type, x); oracle = the answer; "
+              "bound = a reference no predictor of the tokens beats in expectation (not a competitor).", ""]
     return "\n".join(lines)
 
 
@@ -175,11 +187,12 @@ def curve_baseline(metrics: list[dict[str, Any]], eval_result: dict[str, Any] | 
     (chosen on training data) when the metrics log it, else context-validation select, else the
     per-epoch baseline with the lowest mean loss that is neither an oracle nor a bound."""
     logged = metrics[0]["baselines"] if metrics else {}
-    best = ((eval_result or {}).get("tables", {}).get("mse", {}) or {}).get("best_honest")
+    best = (eval_result or {}).get("reference")
     for name in (best, "context_validation_select"):
         if name in logged:
             return name
-    honest = [n for n in logged if not n.startswith(("oracle", "bayes_full", "type_oracle"))]
+    sees = {n: e.get("sees") for n, e in (eval_result or {}).get("predictors", {}).items()}
+    honest = [n for n in logged if sees.get(n, "honest") == "honest" and not n.startswith("oracle")]
     return min(honest, key=lambda n: np.mean([m["baselines"][n] for m in metrics]), default=None)
 
 
@@ -269,17 +282,23 @@ def non_finite_keys(obj: Any, prefix: str = "") -> list[str]:
 
 
 def write_eval(run_dir: Path, result: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write ``eval.md``, ``training_curves.png`` (raw runs: also ``context_length.png``) and, last,
-    ``eval.json`` into ``run_dir``.
+    """Write ``eval.md``, ``training_curves.png``, ``context_length.png`` (where the model predicts at several
+    positions) and, last, ``eval.json`` into ``run_dir``.
 
     ``eval.json`` records the sha256 of the run's weights (``model_sha256``) so that a resumed
     training can tell stale outputs; written last, it is current only when the others are.
     """
-    if result.get("layout") == "interleaved":
-        paths = write_context_length_eval(run_dir, result) | {"png": run_dir / "training_curves.png"}
-    else:
-        paths = {"json": run_dir / "eval.json", "md": run_dir / "eval.md", "png": run_dir / "training_curves.png"}
-        atomic_write(paths["md"], eval_markdown(result).encode())
+    paths = {"json": run_dir / "eval.json", "md": run_dir / "eval.md", "png": run_dir / "training_curves.png"}
+    atomic_write(paths["md"], eval_markdown(result).encode())
+    if len(result["positions"]) > 1:
+        import matplotlib.pyplot as plt
+
+        paths["curves"] = run_dir / "context_length.png"
+        fig = context_length_figure(result)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        atomic_write(paths["curves"], buf.getvalue())
     if metrics:
         plot_training_curves(metrics, paths["png"], eval_result=result)
     else:

@@ -19,13 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from selectlens.baselines.raw import baseline_sees, make_raw_baselines
-from selectlens.evaluate.context_length import REFERENCE, curve_ci, sequence_groups
+from selectlens.baselines import suite_for
+from selectlens.evaluate.context_length import curve_ci
 
 ZERO = "prior_mean_zero"  # the null predictor ŷ = 0
 
 
-def agreement_result(model_pred: Tensor, baseline_preds: dict[str, Tensor], batch: Any) -> dict[str, Any]:
+def agreement_result(model_pred: Tensor, baseline_preds: dict[str, Tensor], batch_groups: dict[str, Tensor],
+                     sees: dict[str, str], reference: str) -> dict[str, Any]:
     """Distances from ``model_pred [B, N]`` to every ``baseline_preds[name] [B, N]`` on ``batch`` (a ``RawBatch``).
 
     Returns ``{"N", "sees", "groups": {g: {"sequences", "distance": {name: curve},
@@ -37,23 +38,27 @@ def agreement_result(model_pred: Tensor, baseline_preds: dict[str, Tensor], batc
     preds = {name: p.detach().cpu().double() for name, p in baseline_preds.items()}
     preds[ZERO] = torch.zeros_like(model)
     groups: dict[str, Any] = {}
-    for g, mask in sequence_groups(batch).items():
+    for g, mask in batch_groups.items():
         mask = mask.cpu()
         dist = {name: curve_ci((model[mask] - p[mask]) ** 2) for name, p in preds.items()}
-        others = [name for name in preds if name not in (REFERENCE, ZERO)] if REFERENCE in preds else []
-        spread = {name: curve_ci((preds[REFERENCE][mask] - preds[name][mask]) ** 2) for name in others}
+        others = [name for name in preds if name not in (reference, ZERO)] if reference in preds else []
+        spread = {name: curve_ci((preds[reference][mask] - preds[name][mask]) ** 2) for name in others}
         means = torch.tensor([dist[name]["mean"] for name in preds])  # [K, N]
         closest = [list(preds)[k] for k in means.argmin(0).tolist()]
         groups[g] = {"sequences": int(mask.sum()), "distance": dist, "baseline_to_reference": spread, "closest": closest}
-    sees = {name: "null" if name == ZERO else baseline_sees(name, default="other") for name in preds}
-    return {"N": model.shape[1], "sees": sees, "groups": groups}
+    sees = {name: "null" if name == ZERO else sees.get(name, "other") for name in preds}
+    return {"N": model.shape[1], "sees": sees, "reference": reference, "groups": groups}
 
 
 @torch.no_grad()
 def algorithm_agreement(model: Any, task: Any, batch: Any) -> dict[str, Any]:
-    """Run the model (``predict_x_positions``) and every raw baseline of ``task`` on ``batch``; see ``agreement_result``."""
-    preds = {name: fn(batch) for name, fn in make_raw_baselines(task).items()}
-    return agreement_result(model.predict_x_positions(batch.tokens), preds, batch)
+    """Run the model and every baseline of ``task``'s suite on ``batch``; see ``agreement_result``."""
+    suite = suite_for(task)
+    fit = suite.fit(0, 0)
+    preds = {name: fn(batch) for name, fn in suite.predictors(fit).items()}
+    sees = {name: suite.sees(name) for name in preds}
+    return agreement_result(model.predict_positions(batch.tokens, task.readout), preds, task.groups(batch), sees,
+                            suite.reference(fit))
 
 
 def agreement_figure(result: dict[str, Any]):
@@ -80,7 +85,7 @@ def agreement_figure(result: dict[str, Any]):
             lows += [v for v in c["mean"] if v > 0]
         ax.set_yscale("log")
         if lows:
-            ref = res["distance"].get(REFERENCE, {"mean": lows})["mean"]
+            ref = res["distance"].get(result.get("reference", ""), {"mean": lows})["mean"]
             ax.set_ylim(0.7 * min(lows), 10 * max(ref))
         ax.set_xlabel("in-context examples n")
         ax.set_title(f"{g} ({res['sequences']} sequences)", fontsize=10)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from selectlens.baselines import pointwise_loss
 from selectlens.model.gpt2 import SelectionTransformer
-from selectlens.tasks.generators import Task, TaskBatch
+from selectlens.tasks.selection import TaskBatch
 
 
 def _apply_output(model: SelectionTransformer, raw: Tensor) -> Tensor:
@@ -104,30 +104,6 @@ def head_ablation(model: SelectionTransformer, batch: TaskBatch, kind: str) -> d
                 out[f"{mode}_output"][l, h] = float((res.prediction - base_pred).abs().mean())
                 out[f"{mode}_loss"][l, h] = float(_loss(model, res.raw[:, -1], target, kind).mean() - base_loss)
     return out
-
-
-def paired_alpha_batches(task: Task, n: int, generator: torch.Generator, alpha_clean: float, alpha_corrupt: float) -> tuple[TaskBatch, TaskBatch]:
-    """Two batches that differ only in α: same w, same x, same noise draws (regression: the same
-    standard-normal noise scaled by each α; classification: the same uniforms thresholded)."""
-    kw = {"device": task.device, "dtype": task.dtype}
-    N, d = task.data.N, task.data.d_d
-    x_train = torch.randn(n, N, d, generator=generator, **kw)
-    x_test = torch.randn(n, N, d, generator=generator, **kw)
-    w = torch.randn(n, d, generator=generator, **kw)
-    draws = (torch.randn if task.name == "regression" else torch.rand)(2, n, N, generator=generator, **kw)
-
-    def build(alpha: float) -> TaskBatch:
-        a = torch.full((n,), alpha, **kw)
-        ys = []
-        for x, u in ((x_train, draws[0]), (x_test, draws[1])):
-            clean = (x @ w.unsqueeze(-1)).squeeze(-1)
-            if task.name == "regression":
-                ys.append(clean + u * task.data.noise_scale * alpha)
-            else:
-                ys.append((u < torch.sigmoid(task.data.data_gen_factor * alpha * clean)).to(x.dtype))
-        return task.build(a, x_train, ys[0], x_test, ys[1], w)
-
-    return build(alpha_clean), build(alpha_corrupt)
 
 
 def position_patch(src: Tensor, t: int):

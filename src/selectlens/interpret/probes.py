@@ -16,7 +16,7 @@ from torch import Tensor
 
 from selectlens.baselines import pointwise_loss
 from selectlens.model.gpt2 import SelectionTransformer
-from selectlens.tasks.generators import TaskBatch
+from selectlens.tasks.selection import TaskBatch
 
 
 @torch.no_grad()

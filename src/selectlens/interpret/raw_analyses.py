@@ -215,7 +215,7 @@ def _accuracy_probe(name: str, resid: np.ndarray, values: np.ndarray, seed: int)
 
 @torch.no_grad()
 def raw_probes(model: SelectionTransformer, batch: Any, noise_levels: list[float], noise_probs: list[float],
-               seed: int = 0) -> list[RawProbe]:
+               seed: int = 0, readout: slice = slice(0, None, 2)) -> list[RawProbe]:
     """Probes from the residual stream at every layer and x-token of ``batch`` (a ``RawBatch``).
 
     Targets: ``w`` (R² per coordinate, mean), ``sigma`` (accuracy; regression sequences only),
@@ -225,7 +225,7 @@ def raw_probes(model: SelectionTransformer, batch: Any, noise_levels: list[float
     ``linear_or_logistic``. Layer 0 is the embedding: a probe that already works there reads
     the token itself, not anything computed.
     """
-    resid_all = residual_streams(model, batch.tokens)[:, :, 0::2].double().cpu().numpy()  # [L+1, B, N, D]
+    resid_all = residual_streams(model, batch.tokens)[:, :, readout].double().cpu().numpy()  # [L+1, B, N, D]
     reg = batch.is_regression.cpu().numpy()
     d = batch.x.shape[-1]
     coords = [f"w[{j}]" for j in range(d)]
@@ -243,19 +243,6 @@ def raw_probes(model: SelectionTransformer, batch: Any, noise_levels: list[float
         if task_type is not None:
             probes.append(task_type)
     return probes
-
-
-def paired_sigma_batches(task: Any, n: int, generator: torch.Generator, sigma_clean: float,
-                         sigma_corrupt: float) -> tuple[Any, Any]:
-    """Two ``RawBatch``es of ``n`` regression sequences that differ only in σ: the same x, w and
-    standard-normal noise z, with y = xᵀw/√d + σz under each σ."""
-    kw = {"device": task.device, "dtype": task.dtype}
-    N, d = task.data.N, task.data.d_d
-    x = torch.randn(n, N, d, generator=generator, **kw)
-    w = torch.randn(n, d, generator=generator, **kw)
-    z = torch.randn(n, N, generator=generator, **kw)
-    reg = torch.ones(n, dtype=torch.bool, device=task.device)
-    return tuple(task.build(x, w, z, torch.full((n,), s, **kw), reg) for s in (sigma_clean, sigma_corrupt))
 
 
 @torch.no_grad()

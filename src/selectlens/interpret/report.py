@@ -1,76 +1,58 @@
 """``selectlens interpret``: every analysis on a run, as PNGs, one JSON of numbers, and a
 self-contained ``report.html`` (no network access, works from ``file://``).
 
-Every user-provided string (run name, notes, config values) is HTML-escaped;
-numbers go into the page as JSON inside a ``<script type="application/json">``
-block with ``<``, ``>`` and ``&`` escaped, so no value can close the tag.
+One builder for every task family: the page frame, the training curves, the evaluation (one
+table per metric; the error over context length where the model predicts at several
+positions) and the config are common; the analyses are the family's own sections, named by its
+``analyses`` (see :data:`SECTIONS`). Escaping: see :mod:`selectlens.interpret.page`.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
-import io
 import json
-import re
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
-
-from selectlens.baselines import SelectionFit, make_baselines
+from selectlens.baselines import BaselineSuite, suite_for
+from selectlens.evaluate.context_length import context_length_figure
 from selectlens.evaluate.runner import evaluate_model, fit_summary, gap_closed_text, heldout_batch, plot_training_curves
-from selectlens.interpret import circuits, plots
-from selectlens.interpret.attention import analyze_attention, attention_patterns, describe_analysis
-from selectlens.interpret.findings import findings
-from selectlens.interpret.selection_rule import analyze_selection_rule, selection_curve_figure
-from selectlens.interpret.probes import run_probes
 from selectlens.fileio import atomic_write
+from selectlens.interpret.page import config_table, img, page, png, write_figures_and_numbers
+from selectlens.interpret.selection_report import selection_sections
+from selectlens.interpret.sequence_report import sequence_sections
 from selectlens.rundir import load_run_model, read_jsonl
-from selectlens.tasks.generators import make_generator, make_task, stream_seed
+from selectlens.tasks.protocol import TaskFamily, make_task
 
-PATCH_STREAM = 202
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(vars(obj))
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    return obj
+#: Report sections by name: a family lists the ones it has in its ``analyses``.
+SECTIONS: dict[str, Callable[["ReportContext"], str]] = {
+    "selection": selection_sections,
+    "sequence": sequence_sections,
+}
 
 
 @dataclasses.dataclass
-class _Context:
-    """What every analysis step of :func:`interpret_run` reads (model, data) and fills (figures, numbers)."""
+class ReportContext:
+    """What every section reads (model, task, data, the evaluation) and fills (figures, numbers)."""
 
+    run: Path
+    out: Path
     model: Any
     cfg: Any
-    task: Any
+    task: TaskFamily
+    suite: BaselineSuite
     batch: Any
+    ev: dict[str, Any]
     device: str
     progress: bool
-    pngs: dict[str, bytes]
-    numbers: dict[str, Any]
+    sequences: int
+    samples_shown: int = 4
+    attention_samples: int = 64
+    pngs: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    numbers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra_paths: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -80,111 +62,27 @@ class _Context:
     def dtype(self):
         return next(self.model.parameters()).dtype
 
-    @property
-    def feature_names(self) -> list[str]:
-        return [f"cand[{c:g}]" for c in self.task.candidates] + ["y"]
-
     def say(self, msg: str) -> None:
         if self.progress:
             print(f"  interpret: {msg}", flush=True)
 
 
-def _training_and_eval(ctx: _Context, run: Path, out: Path) -> dict:
-    ctx.say("training curves and evaluation")
-    metrics = read_jsonl(run / "metrics.jsonl")
-    eval_path = run / "eval.json"
-    ev = json.loads(eval_path.read_text()) if eval_path.exists() else evaluate_model(ctx.model, ctx.cfg, device=ctx.device)
-    if "tables" not in ev:  # eval.json written before the study tables: evaluate again
-        ev = evaluate_model(ctx.model, ctx.cfg, device=ctx.device)
-    ctx.numbers["eval"] = ev
-    if metrics:
-        tmp = out / ".curves.png"
-        plot_training_curves(metrics, tmp, eval_result=ev)
-        ctx.pngs["training_curves"] = tmp.read_bytes()
-        tmp.unlink()
+def _evaluation(run: Path, model, cfg, device: str) -> dict[str, Any]:
+    """The run's ``eval.json``, or a fresh evaluation where it is absent or from an older schema."""
+    path = run / "eval.json"
+    ev = json.loads(path.read_text()) if path.exists() else None
+    if not ev or "positions" not in ev or "tables" not in ev:
+        ev = evaluate_model(model, cfg, device=device)
     return ev
 
 
-def _attention_views(ctx: _Context, samples_shown: int) -> np.ndarray:
-    ctx.say("attention")
-    pats = attention_patterns(ctx.model, ctx.batch.tokens[:samples_shown].to(ctx.dtype)).cpu().numpy()  # [L, S, H, T, T]
-    ctx.pngs["attention_grid"] = _png(plots.attention_grid(pats, 0))
-    for l in range(pats.shape[0]):
-        for h in range(pats.shape[2]):
-            ctx.pngs[f"attention_L{l}H{h}"] = _png(plots.attention_heatmap(pats[l, 0, h], f"layer {l}, head {h}, sample 0"))
-    ctx.numbers["attention_patterns_shown"] = pats
-    return pats
-
-
-def _ablation_and_clusters(ctx: _Context) -> str:
-    ctx.say("head ablation")
-    ablation = circuits.head_ablation(ctx.model, ctx.batch, ctx.kind)
-    ctx.numbers["ablation"] = ablation
-    ctx.pngs["ablation"] = _png(plots.effects_figure(
-        {"zero-ablation Δloss": ablation["zero_loss"], "mean-ablation Δloss": ablation["mean_loss"],
-         "mean-ablation |Δprediction|": ablation["mean_output"]}, xlabel="head"))
-    ctx.say("attention clusters: which features carry them, every head")
-    heads, analysis = _attention_analyses(ctx.model, ctx.batch.tokens.to(ctx.dtype), ablation, ctx.feature_names, ctx.cfg.seed)
-    ctx.numbers["attention_heads"] = heads
-    ctx.pngs["attention_clusters"] = _png(plots.attention_analysis_figure(analysis, 0))
-    ctx.numbers["attention_analysis"] = _jsonable(analysis.roles) | {"layer": analysis.layer, "head": analysis.head,
-                                                                     "samples": analysis.samples}
-    return describe_analysis(analysis)
-
-
-SELECTION_RULE_SEQUENCES = 4000
-
-
-def _selection_rule(ctx: _Context, ev: dict) -> None:
-    """Effective weights, hull, selection curve and agreement, with the baselines fitted by the primary metric."""
-    ctx.say("selection rule")
-    table = ev["tables"]["mse"]
-    fit = SelectionFit.from_dict(table["fit"])
-    batch = heldout_batch(ctx.cfg, max(SELECTION_RULE_SEQUENCES, len(ctx.batch)), ctx.device)
-    pred = ctx.model.predict_in_chunks(batch.tokens.to(ctx.dtype))
-    rule = analyze_selection_rule(pred, batch, make_baselines(ctx.task, fit), kind=fit.metric, temperature=fit.temperature)
-    ctx.numbers["selection_rule"] = _jsonable(rule)
-    ctx.pngs["selection_curve"] = _png(selection_curve_figure(rule))
-
-
-def _probes_lens_attribution(ctx: _Context) -> None:
-    model, batch, kind, cfg = ctx.model, ctx.batch, ctx.kind, ctx.cfg
-    ctx.say("probes")
-    probes = run_probes(model, batch, kind, ctx.task.candidates, seed=cfg.seed)
-    ctx.numbers["probes"] = {p.name: {"metric": p.metric, "chance": p.chance, "scores": p.scores,
-                                      "best": float(p.scores.max()),
-                                      "best_at": [int(i) for i in np.unravel_index(int(np.argmax(p.scores)), p.scores.shape)],
-                                      "last_position_by_layer": p.scores[:, -1]} for p in probes}
-    ctx.pngs["probes"] = _png(plots.probe_figure(probes))
-    ctx.say("logit lens")
-    lens = circuits.logit_lens(model, batch, kind)
-    ctx.numbers["logit_lens_error"] = lens["error"]
-    ctx.pngs["logit_lens"] = _png(plots.logit_lens_figure(lens["error"], kind))
-    ctx.say("direct attribution")
-    attr = circuits.direct_attribution(model, batch.tokens.to(ctx.dtype))
-    ctx.numbers["attribution"] = {"components": attr.components, "mean": attr.values.mean(0),
-                                  "mean_abs": np.abs(attr.values).mean(0),
-                                  "max_reconstruction_error": float(np.abs(attr.values.sum(1) - attr.output).max())}
-    ctx.pngs["attribution"] = _png(plots.attribution_figure(attr.components, attr.values))
-
-
-def _patching_and_neurons(ctx: _Context, sequences: int) -> None:
-    cfg, device = ctx.cfg, ctx.device
-    ctx.say("activation patching between sequences that differ only in alpha")
-    a_lo, a_hi = min(cfg.data.data_alphas), max(cfg.data.data_alphas)
-    if a_lo != a_hi:
-        gen = make_generator(stream_seed(cfg.seed, PATCH_STREAM), device)
-        clean, corrupt = circuits.paired_alpha_batches(ctx.task, min(sequences, 256), gen, a_lo, a_hi)
-        patch = circuits.activation_patching(ctx.model, clean, corrupt, ctx.kind)
-        ctx.numbers["patching"] = {"alpha_clean": a_lo, "alpha_corrupt": a_hi, **patch}
-        ctx.pngs["patching"] = _png(plots.effects_figure(
-            {"resid_pre patched (effect, 1 = clean)": patch["resid_output"]}, xlabel="position"))
-        ctx.pngs["patching_heads"] = _png(plots.effects_figure(
-            {"head z patched (effect)": patch["head_output"]}, xlabel="head"))
-    ctx.say("MLP neurons")
-    neurons = circuits.neuron_statistics(ctx.model, ctx.batch.tokens.to(ctx.dtype))
-    ctx.numbers["neurons"] = neurons
-    ctx.pngs["neurons"] = _png(plots.neuron_figure(neurons))
+def _common_figures(ctx: ReportContext) -> None:
+    metrics = read_jsonl(ctx.run / "metrics.jsonl")
+    if metrics:
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx.pngs["training_curves"] = plot_training_curves(metrics, Path(tmp) / "curves.png", eval_result=ctx.ev).read_bytes()
+    if len(ctx.ev["positions"]) > 1:
+        ctx.pngs["context_length"] = png(context_length_figure(ctx.ev))
 
 
 def interpret_run(
@@ -196,239 +94,85 @@ def interpret_run(
     device: str = "cpu",
     progress: bool = False,
 ) -> dict[str, Path]:
-    """Run every analysis on a run's model and write the report; returns the written paths."""
+    """Run every analysis of the run's task family on its model and write the report; returns the written paths."""
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run / "report"
     model, cfg = load_run_model(run, device=device)
-    if cfg.data.is_raw:  # interleaved (x, y) runs: their own analyses and page
-        from selectlens.interpret.raw_report import interpret_raw_run
-
-        return interpret_raw_run(run, out, model, cfg, sequences=sequences, device=device, progress=progress)
-    ctx = _Context(model, cfg, make_task(cfg, device=device), heldout_batch(cfg, sequences, device), device, progress,
-                   {}, {"run": str(run), "sequences": sequences, "task": cfg.data.task_name})
-    ev = _training_and_eval(ctx, run, out)
-    pats = _attention_views(ctx, samples_shown)
-    cluster_text = _ablation_and_clusters(ctx)
-    _selection_rule(ctx, ev)
-    _probes_lens_attribution(ctx)
-    _patching_and_neurons(ctx, sequences)
-    pngs, numbers, feature_names = ctx.pngs, ctx.numbers, ctx.feature_names
-    numbers["findings"] = findings(ev, numbers)
-
-    paths = write_figures_and_numbers(out, pngs, numbers)
-    cv_path = _circuitsvis(pats[:, 0], out, feature_names)
-    if cv_path is not None:
-        paths["circuitsvis"] = cv_path
-    paths["html"] = out / "report.html"
-    atomic_write(paths["html"], render_html(cfg, ev, pngs, numbers, cluster_text, cv_path).encode())
-    return paths
-
-
-def write_figures_and_numbers(out: Path, pngs: dict[str, bytes], numbers: dict[str, Any]) -> dict[str, Path]:
-    """Write each figure as ``out/NAME.png`` and the numbers as ``out/interpret.json`` (atomically); their paths."""
+    task = make_task(cfg, device=device)
+    ctx = ReportContext(run, out, model, cfg, task, suite_for(task), heldout_batch(cfg, sequences, device).to(device),
+                        {}, device, progress, sequences, samples_shown)
+    ctx.say("training curves and evaluation")
+    ctx.ev = _evaluation(run, model, cfg, device)
+    ctx.numbers.update({"run": str(run), "sequences": sequences, "task": ctx.ev["task"], "layout": task.layout,
+                        "eval": ctx.ev})
+    _common_figures(ctx)
+    bodies = [SECTIONS[name](ctx) for name in task.analyses if name in SECTIONS]
     out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    for name, data in pngs.items():
-        paths[name] = out / f"{name}.png"
-        atomic_write(paths[name], data)
-    paths["json"] = out / "interpret.json"
-    atomic_write(paths["json"], json.dumps(_jsonable(numbers)).encode())
+    paths = write_figures_and_numbers(out, ctx.pngs, ctx.numbers) | ctx.extra_paths
+    paths["html"] = out / "report.html"
+    atomic_write(paths["html"], render_html(ctx, "".join(bodies)).encode())
     return paths
 
 
-def _attention_analyses(model, tokens, ablation: dict, feature_names: list[str], seed: int, samples: int = 128):
-    """The three-feature-set attention analysis for every head (its table) and the full analysis of the head
-    whose mean-ablation costs most (its clusters and figure)."""
-    L, H = model.spec.n_layer, model.spec.n_head
-    top = np.unravel_index(int(np.argmax(ablation["mean_loss"])), (L, H))
-    rows, top_analysis = [], None
-    for l in range(L):
-        for h in range(H):
-            a = analyze_attention(model, tokens, l, h, samples=samples, feature_names=feature_names, seed=seed)
-            role = a.roles["query"]
-            rows.append({"layer": l, "head": h, "k": role.k, "carried_by": role.carried_by,
-                         "test_sequences": len(role.test_samples), "content_gain": role.content_gain,
-                         "scores": {n: vars(sc) for n, sc in role.scores.items()}})
-            if (l, h) == top:
-                top_analysis = a
-    return rows, top_analysis
+def _ci(c: dict[str, list[float]], i: int, fmt: str) -> str:
+    return f"{c['mean'][i]:{fmt}} [{c['ci_low'][i]:{fmt}}, {c['ci_high'][i]:{fmt}}]"
 
 
-def _circuitsvis(patterns: np.ndarray, out: Path, feature_names: list[str]) -> Path | None:
-    """circuitsvis attention view (its offline ``local_src``) per layer, when the extra is installed."""
-    try:
-        from circuitsvis.attention import attention_patterns as cv_patterns
-    except ImportError:
-        return None
-    T = patterns.shape[-1]
+def eval_tables_html(ev: dict[str, Any]) -> str:
+    """Every metric's table (each predictor with what it sees, its CI and the paired CI against the
+    model), what was fitted and the gap closed; then, where there are several read-out positions,
+    the error per group at the table positions with the model's paired excess over the reference."""
+    esc = html.escape
     parts = []
-    for l in range(patterns.shape[0]):
-        view = cv_patterns(tokens=[f"t{i}" for i in range(T)], attention=patterns[l])
-        # circuitsvis opens with a self-closing <div .../>, which HTML does not honour: close it,
-        # or each view swallows the ones after it.
-        src = re.sub(r"^(\s*<div [^>]*?)\s*/>", r"\1></div>", view.local_src, count=1)
-        parts.append(f"<section><h2>layer {l}</h2>\n{src}</section>")
-    path = out / "attention_circuitsvis.html"
-    atomic_write(path, ("<!doctype html><meta charset='utf-8'><title>attention (circuitsvis)</title>\n" + "\n".join(parts)).encode())
-    return path
+    for t in ev["tables"].values():
+        rows = []
+        for name, e in t["predictors"].items():
+            paired = "" if name == "model" else f"{e['paired_diff']:+.5f} [{e['paired_diff_ci'][0]:+.5f}, {e['paired_diff_ci'][1]:+.5f}]"
+            rows.append(f"<tr><td>{esc(name)}</td><td>{esc(e['sees'])}</td><td>{e['mean']:.5f}</td>"
+                        f"<td>[{e['ci_low']:.5f}, {e['ci_high']:.5f}]</td><td>{paired}</td></tr>")
+        parts.append(f"<h3>{esc(t['metric_name'])}</h3><table><tr><th>predictor</th><th>sees</th><th>{esc(t['metric_name'])}</th>"
+                     f"<th>95% CI</th><th>baseline − model (paired 95% CI)</th></tr>{''.join(rows)}</table>"
+                     f"<p>{esc(fit_summary(t))}</p><p>{esc(gap_closed_text(t))}</p>")
+    if len(ev["positions"]) > 1:
+        parts.append(_curves_html(ev))
+    return "".join(parts)
 
 
-def _img(pngs: dict[str, bytes], name: str, alt: str) -> str:
-    if name not in pngs:
-        return f"<p class='missing'>{html.escape(alt)}: not available</p>"
-    data = base64.b64encode(pngs[name]).decode()
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+def _curves_html(ev: dict[str, Any]) -> str:
+    esc, idx, metric = html.escape, ev["table_positions"], ev["metric"]
+    head = "".join(f"<th>n = {ev['positions'][i]}</th>" for i in idx)
+    parts = [f"<h3>Error over context length ({esc(ev['metric_name'])}, mean [95% CI])</h3>"]
+    for g, res in ev["groups"].items():
+        rows = [f"<tr><td>{esc(name)}</td><td>{esc(ev['predictors'][name]['sees'])}</td>"
+                + "".join(f"<td>{_ci(e[metric], i, '.4f')}</td>" for i in idx) + "</tr>" for name, e in res["predictors"].items()]
+        if "excess_risk_ratio" in res:
+            ref = esc(ev["reference"])
+            rows.append(f"<tr class='ref'><td>model − {ref} (paired)</td><td></td>"
+                        + "".join(f"<td>{_ci(res['model_minus_reference'], i, '+.4f')}</td>" for i in idx) + "</tr>")
+            rows.append(f"<tr class='ref'><td>(model − {ref})/{ref}</td><td></td>"
+                        + "".join(f"<td>{_ci(res['excess_risk_ratio'], i, '+.3f')}</td>" for i in idx) + "</tr>")
+        parts.append(f"<h4>{esc(g)} ({res['sequences']} sequences)</h4><table><tr><th>predictor</th><th>sees</th>{head}</tr>"
+                     + "".join(rows) + "</table>")
+    return "".join(parts)
 
 
-def _script_json(obj: Any) -> str:
-    text = json.dumps(_jsonable(obj))
-    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-
-
-def _eval_table(t: dict) -> str:
-    esc = html.escape
-    rows = []
-    for pname, e in t["predictors"].items():
-        paired = "" if pname == "model" else f"{e['paired_diff']:+.5f} [{e['paired_diff_ci'][0]:+.5f}, {e['paired_diff_ci'][1]:+.5f}]"
-        rows.append(f"<tr><td>{esc(pname)}</td><td>{esc(e['sees'])}</td><td>{e['mean']:.5f}</td>"
-                    f"<td>[{e['ci_low']:.5f}, {e['ci_high']:.5f}]</td><td>{paired}</td></tr>")
-    return (f"<h3>{esc(t['metric_name'])}</h3><table><tr><th>predictor</th><th>sees</th><th>{esc(t['metric_name'])}</th>"
-            f"<th>95% CI</th><th>baseline − model (paired 95% CI)</th></tr>{''.join(rows)}</table>"
-            f"<p>{esc(fit_summary(t))}</p><p>{esc(gap_closed_text(t))}</p>")
-
-
-def _rule_html(numbers: dict, pngs: dict[str, bytes]) -> str:
-    r = numbers.get("selection_rule")
-    if not r:
-        return ""
-    esc = html.escape
-    fmt = lambda v: f"{v[0]:.4g} [{v[1]:.4g}, {v[2]:.4g}]"  # noqa: E731
-    alphas = list(next(iter(r["agreement"].values()))["per_alpha"])
-    agree_rows = "".join(
-        f"<tr><td>{esc(n)}</td><td>{esc(v['sees'])}</td><td>{fmt(v['all'])}</td>"
-        + "".join(f"<td>{fmt(v['per_alpha'][a])}</td>" for a in alphas) + "</tr>"
-        for n, v in sorted(r["agreement"].items(), key=lambda kv: kv[1]["all"][0]))
-    weights = ", ".join(f"{'all' if k == 'all' else 'α=' + k}: {fmt(v)}" for k, v in r["weight_summary"].items())
-    return f"""<section id="selection-rule"><h2>The model's selection rule</h2>
-<p>Effective weight on candidate 1, a = (p − ŷ₂)/(ŷ₁ − ŷ₂), where |ŷ₁ − ŷ₂| &gt; {r['threshold']:g}
-({100 * r['defined_share']:.1f}% of sequences): {esc(weights)}.
-Outside the candidates' hull: {fmt(r['outside_share'])} of sequences; distance when outside {fmt(r['outside_distance'])}
-({fmt(r['outside_relative'])} of the candidates' spread).</p>
-{_img(pngs, 'selection_curve', 'selection curve')}</section>
-<section id="agreement"><h2>Agreement with each rule</h2>
-<p>Mean squared distance between the model's predictions and each predictor's (not the target), 95% CI; closest first.</p>
-<table><tr><th>predictor</th><th>sees</th><th>all</th>{''.join(f'<th>α={esc(a)}</th>' for a in alphas)}</tr>{agree_rows}</table></section>"""
-
-
-def _attention_rows(heads: list[dict]) -> str:
-    def acc(s: dict) -> str:
-        mark = "" if s["above_null"] else " (n.s.)"
-        return f"{s['accuracy']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]{mark}"
-
-    return "".join(
-        f"<tr><td>L{r['layer']}H{r['head']}</td><td>{r['k']}</td><td>{acc(r['scores']['content'])}</td>"
-        f"<td>{acc(r['scores']['position'])}</td><td>{acc(r['scores']['both'])}</td>"
-        f"<td>{r['scores']['content']['majority']:.3f}</td>"
-        f"<td>{' / '.join(format(r['scores'][n]['permutation'], '.3f') for n in ('content', 'position', 'both'))}</td>"
-        f"<td>{html.escape(r['carried_by'])}</td></tr>" for r in heads)
-
-
-def render_html(cfg, ev: dict, pngs: dict[str, bytes], numbers: dict, cluster_text: str, cv_path: Path | None) -> str:
-    esc = html.escape
+def render_html(ctx: ReportContext, sections: str) -> str:
+    """The page: header, findings and the family's sections, training, evaluation, config."""
+    esc, cfg, ev = html.escape, ctx.cfg, ctx.ev
     name = cfg.wandb.name or Path(cfg.out_dir).name
-    notes = cfg.wandb.notes or ""
-    config_rows = "".join(
-        f"<tr><td>{esc(section)}</td><td><code>{esc(json.dumps(value))}</code></td></tr>"
-        for section, value in cfg.to_dict().items()
-    )
-    eval_html = "".join(_eval_table(t) for t in ev["tables"].values())
-    probe_rows = "".join(
-        f"<tr><td>{esc(k)}</td><td>{v['metric']}</td><td>{v['best']:.3f}</td><td>layer {v['best_at'][0]}, position {v['best_at'][1]}</td>"
-        f"<td>{' / '.join(f'{x:.3f}' for x in v['last_position_by_layer'])}</td></tr>"
-        for k, v in numbers["probes"].items())
-    attr = numbers["attribution"]
-    attr_rows = "".join(f"<tr><td>{esc(c)}</td><td>{m:+.4f}</td><td>{a:.4f}</td></tr>"
-                        for c, m, a in zip(attr["components"], attr["mean"], attr["mean_abs"]))
-    abl = numbers["ablation"]
-    L, H = abl["mean_loss"].shape
-    abl_rows = "".join(f"<tr><td>L{l}H{h}</td><td>{abl['zero_loss'][l, h]:+.5f}</td><td>{abl['mean_loss'][l, h]:+.5f}</td>"
-                       f"<td>{abl['mean_output'][l, h]:.5f}</td></tr>" for l in range(L) for h in range(H))
-    patch_html = ""
-    if "patching" in numbers:
-        p = numbers["patching"]
-        patch_html = (f"<p>Clean α = {p['alpha_clean']:g}, corrupted α = {p['alpha_corrupt']:g} (same w, x and noise draws). "
-                      f"Loss: clean {float(p['clean_loss']):.5f}, corrupted {float(p['corrupt_loss']):.5f}.</p>"
-                      + _img(pngs, "patching", "residual patching") + _img(pngs, "patching_heads", "head patching"))
-    options = "".join(f"<option value='{l},{h}'>layer {l}, head {h}</option>" for l in range(L) for h in range(H))
-    S = numbers["attention_patterns_shown"].shape[1]
-    sample_opts = "".join(f"<option value='{s}'>sample {s}</option>" for s in range(S))
-    cv_link = f"<p><a href='{esc(cv_path.name)}'>circuitsvis attention view</a> (offline copy)</p>" if cv_path else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>SelectLens report: {esc(name)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
-img {{ max-width: 100%; }} pre {{ background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }}
-section {{ margin-bottom: 2em; }} canvas {{ border: 1px solid #ccc; image-rendering: pixelated; }}
-</style></head><body>
-<h1>SelectLens report: <span id="run-name">{esc(name)}</span></h1>
-<p id="run-notes">{esc(notes)}</p>
-<p>{esc(cfg.data.task_name)} task; {numbers['sequences']} held-out sequences for the analyses.</p>
-<section id="findings"><h2>Findings</h2><p>Generated from the numbers below; each links to its panel.</p>
-<ul>{''.join(f"<li>{esc(text)} <a href='#{anchor}'>[{anchor}]</a></li>" for text, anchor in numbers['findings'])}</ul></section>
-<section id="training"><h2>Training</h2>{_img(pngs, 'training_curves', 'training curves')}</section>
-<section id="eval"><h2>Evaluation ({ev['sequences']} held-out sequences)</h2>{eval_html}
-<p>Sees: honest = only the tokens; latent = also α (and x); oracle = the answer; bound = a reference no predictor of
-the tokens beats in expectation (not a competitor).</p></section>
-{_rule_html(numbers, pngs)}
-<section id="attention"><h2>Attention</h2>
-<label>head <select id="head-select">{options}</select></label>
-<label>sample <select id="sample-select">{sample_opts}</select></label>
-<p id="attn-caption"></p><canvas id="attn-canvas" width="420" height="420"></canvas>
-{cv_link}
-{_img(pngs, 'attention_grid', 'attention grid')}</section>
-<section id="clusters"><h2>Attention clusters</h2>
-<p>Rows of each head's attention are clustered (KMeans, k by silhouette); a LinearSVC trained on some sequences predicts the
-clusters on other sequences from the query token's content, its position, or both. Each accuracy is shown beside the
-majority-class rate and a label-permutation baseline (the null); the causal mask alone makes rows cluster by position.</p>
-<table><tr><th>head</th><th>k</th><th>content only</th><th>position only</th><th>both</th><th>majority</th><th>permuted labels (content / position / both)</th><th>carried by</th></tr>{_attention_rows(numbers['attention_heads'])}</table>
-<pre>{esc(cluster_text)}</pre>{_img(pngs, 'attention_clusters', 'cluster figure')}</section>
-<section id="probes"><h2>Linear probes</h2>
-<table><tr><th>probe</th><th>metric</th><th>best</th><th>where</th><th>last position, by layer</th></tr>{probe_rows}</table>
-{_img(pngs, 'probes', 'probes')}</section>
-<section id="lens"><h2>Logit lens</h2>{_img(pngs, 'logit_lens', 'logit lens')}</section>
-<section id="attribution"><h2>Direct attribution</h2>
-<p>Parts sum to the read-out (max reconstruction error {attr['max_reconstruction_error']:.2e}).</p>
-<table><tr><th>component</th><th>mean</th><th>mean |·|</th></tr>{attr_rows}</table>{_img(pngs, 'attribution', 'attribution')}</section>
-<section id="ablation"><h2>Head ablation and activation patching</h2>
-<table><tr><th>head</th><th>zero-ablation Δloss</th><th>mean-ablation Δloss</th><th>mean-ablation |Δprediction|</th></tr>{abl_rows}</table>
-{_img(pngs, 'ablation', 'ablation')}{patch_html}</section>
-<section id="neurons"><h2>MLP neurons</h2>{_img(pngs, 'neurons', 'neurons')}</section>
-<section id="config"><h2>Config</h2><table>{config_rows}</table></section>
-<script type="application/json" id="attn-data">{_script_json(numbers['attention_patterns_shown'])}</script>
-<script>
-(function () {{
-  const data = JSON.parse(document.getElementById("attn-data").textContent);  // [L][S][H][T][T]
-  const headSel = document.getElementById("head-select"), sampleSel = document.getElementById("sample-select");
-  const canvas = document.getElementById("attn-canvas"), ctx = canvas.getContext("2d");
-  function draw() {{
-    const [l, h] = headSel.value.split(",").map(Number), s = Number(sampleSel.value);
-    const m = data[l][s][h], T = m.length, cell = canvas.width / T;
-    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
-    for (let q = 0; q < T; q++) for (let k = 0; k < T; k++) {{
-      const v = Math.max(0, Math.min(1, m[q][k]));
-      ctx.fillStyle = `rgb(${{Math.round(255 - 170 * v)}},${{Math.round(255 - 200 * v)}},${{Math.round(255 - 60 * v)}})`;
-      ctx.fillRect(k * cell, q * cell, Math.ceil(cell), Math.ceil(cell));
-    }}
-    const cap = document.getElementById("attn-caption");
-    cap.textContent = `layer ${{l}}, head ${{h}}, sample ${{s}} (rows: queries, columns: keys)`;
-    canvas.dataset.layer = l; canvas.dataset.head = h; canvas.dataset.sample = s;
-  }}
-  headSel.addEventListener("change", draw); sampleSel.addEventListener("change", draw); draw();
-}})();
-</script>
-</body></html>
-"""
+    findings = ctx.numbers.get("findings")
+    findings_html = "" if not findings else (
+        "<section id='findings'><h2>Findings</h2><p>Generated from the numbers below; each links to its panel.</p><ul>"
+        + "".join(f"<li>{esc(text)} <a href='#{anchor}'>[{anchor}]</a></li>" for text, anchor in findings) + "</ul></section>")
+    body = f"""<h1>SelectLens report: <span id="run-name">{esc(name)}</span></h1>
+<p id="run-notes">{esc(cfg.wandb.notes or "")}</p>
+<p>{esc(ctx.task.describe())}; {ctx.sequences} held-out sequences for the analyses.</p>
+{findings_html}
+<section id="training"><h2>Training</h2>{img(ctx.pngs, 'training_curves', 'training curves')}</section>
+<section id="eval"><h2>Evaluation ({ev['sequences']} held-out sequences)</h2>
+{img(ctx.pngs, 'context_length', 'error vs context length') if 'context_length' in ctx.pngs else ''}{eval_tables_html(ev)}
+<p>Sees: honest = only the tokens; latent = also a latent variable (α, σ, the type, x), which the model does not see;
+oracle = the answer; bound = a reference no predictor of the tokens beats in expectation (not a competitor).</p></section>
+{sections}
+<section id="config"><h2>Config</h2><table>{config_table(cfg)}</table></section>"""
+    return page(f"SelectLens report: {name}", body)

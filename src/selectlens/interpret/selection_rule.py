@@ -26,7 +26,7 @@ from torch import Tensor
 
 from selectlens.baselines import baseline_sees, candidate_predictions, context_errors
 from selectlens.evaluate.metrics import mean_ci, paired_diff_ci
-from selectlens.tasks.generators import TaskBatch
+from selectlens.tasks.selection import TaskBatch
 
 CURVE_BASELINES = ("context_validation_select", "context_softmax_ensemble", "context_stacking")
 

@@ -24,8 +24,8 @@ from selectlens.model.hooks import HookedModule, HookPoint
 class ModelSpec:
     """Everything needed to build the network (saved as ``config.json`` beside the weights)."""
 
-    n_features: int  # token width: K candidates + 1 (selection) or d + 1 (raw tasks)
-    n_positions: int  # sequence length: N (selection) or 2N (raw tasks, interleaved x and y tokens)
+    n_features: int  # token width (the task's data.n_features)
+    n_positions: int  # sequence length (the task's data.n_positions)
     n_embd: int = 64
     n_layer: int = 3
     n_head: int = 2
@@ -201,10 +201,14 @@ class SelectionTransformer(HookedModule):
         self.eval()
         return torch.cat([self.predict(tokens[i : i + chunk]) for i in range(0, tokens.shape[0], chunk)])
 
+    def positions(self, tokens: Tensor, readout: slice) -> Tensor:
+        """``[B, P]`` read-outs at the positions ``readout`` selects (a task's ``readout``), in target
+        space (a probability for a logit read-out), with grad."""
+        raw = self.forward(tokens).raw[:, readout]
+        return torch.sigmoid(raw) if self.spec.output == "sigmoid" else raw
+
     @torch.no_grad()
-    def predict_x_positions(self, tokens: Tensor, chunk: int = 8192) -> Tensor:
-        """Interleaved (raw-data) layout: ``[B, 2N, d+1]`` tokens → ``[B, N]`` read-outs at the
-        x-tokens (positions 0, 2, …), i.e. the prediction of y_i from the i earlier pairs.
-        Eval mode, ``chunk`` sequences at a time."""
+    def predict_positions(self, tokens: Tensor, readout: slice, chunk: int = 8192) -> Tensor:
+        """:meth:`positions` in eval mode, ``chunk`` sequences at a time (bounded memory for large sets)."""
         self.eval()
-        return torch.cat([self.forward(tokens[i : i + chunk]).raw[:, 0::2] for i in range(0, tokens.shape[0], chunk)])
+        return torch.cat([self.positions(tokens[i : i + chunk], readout) for i in range(0, tokens.shape[0], chunk)])

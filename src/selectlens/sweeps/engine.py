@@ -96,7 +96,7 @@ def read_sweep(out: Path) -> tuple[SweepSpec, list[Trial]]:
         raise SweepDirError(f"{out}: spec.yaml no longer gives the trials in sweep.json")
     # each trial keeps the config it was started with (a newer SelectLens adds defaults for new keys)
     try:
-        return spec, [Trial(t.name, t.point, t.seed, config_from_dict(s["config"])) for t, s in zip(trials, saved)]
+        return spec, [Trial(t.name, t.point, t.seed, config_from_dict(s["config"], stored=True)) for t, s in zip(trials, saved)]
     except ConfigError as e:
         raise SweepDirError(f"{out / 'sweep.json'}: {e}") from None
 

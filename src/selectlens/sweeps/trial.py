@@ -68,7 +68,7 @@ def run_trial(sweep_dir: str | Path, name: str, config: dict[str, Any], stages: 
 
     torch.set_num_threads(max(1, int(threads)))
     sweep_dir = Path(sweep_dir)
-    cfg = config_from_dict(config)
+    cfg = config_from_dict(config, stored=True)
     with trial_lock(sweep_dir, name):
         record = read_status(sweep_dir, name)
         if record.get("status") == "done":

@@ -1,23 +1,21 @@
-"""Task generation: samplers, batched candidate fitting, generators, data files."""
+"""Tasks: the task protocol, the built-in families, batched candidate fitting, data files.
+
+Importing the package registers the built-in families (``data.task`` names):
+``selection`` (:mod:`.selection`), ``mixed_noise_regression`` and ``linear_or_logistic``
+(:mod:`.raw`). A new family is one module with a :class:`TaskFamily` subclass; see
+docs/design.md#task-protocol.
+"""
 
 from selectlens.tasks.fitting import logistic_fit, logistic_probabilities, ridge_predictions
-from selectlens.tasks.generators import (
-    TASKS,
-    ClassificationTask,
-    RegressionTask,
-    Task,
-    TaskBatch,
-    make_generator,
-    make_task,
+from selectlens.tasks.protocol import (
+    DTYPES, Batch, PairedBatches, TaskFamily, known_tasks, make_generator, make_task, stream_seed, task_class,
 )
-from selectlens.tasks.io import DataFileError, load_task_batch, save_task_batch
-from selectlens.tasks.raw import (
-    RAW_TASKS, LinearOrLogisticTask, MixedNoiseRegressionTask, RawBatch, RawTask, interleave,
-)
+from selectlens.tasks.selection import ClassificationTask, RegressionTask, SelectionTask, TaskBatch
+from selectlens.tasks.raw import LinearOrLogisticTask, MixedNoiseRegressionTask, RawBatch, RawTask, interleave, per_example
 
 __all__ = [
-    "RAW_TASKS", "TASKS", "ClassificationTask", "DataFileError", "LinearOrLogisticTask",
-    "MixedNoiseRegressionTask", "RawBatch", "RawTask", "RegressionTask", "Task", "TaskBatch", "interleave",
-    "load_task_batch", "logistic_fit", "logistic_probabilities", "make_generator", "make_task",
-    "ridge_predictions", "save_task_batch",
+    "DTYPES", "Batch", "ClassificationTask", "LinearOrLogisticTask", "MixedNoiseRegressionTask", "PairedBatches",
+    "RawBatch", "RawTask", "RegressionTask", "SelectionTask", "TaskBatch", "TaskFamily", "interleave", "known_tasks",
+    "logistic_fit", "logistic_probabilities", "make_generator", "make_task", "per_example", "ridge_predictions",
+    "stream_seed", "task_class",
 ]

@@ -27,14 +27,11 @@ def itemsize(config: Config) -> int:
 
 
 def sequence_bytes(config: Config) -> int:
-    """Bytes of one generated sequence with its ground truth (what a data file stores per sequence)."""
-    N, d = config.data.N, config.data.d_d
-    if config.data.is_raw:  # tokens [2N, d+1], target, x [N, d], y, w [d], sigma, is_regression
-        floats = 2 * N * (d + 1) + N + N * d + N + d + 1
-        return floats * itemsize(config) + 1
-    K = len(config.data.candidates)  # tokens [N, K+1], target, alpha, x/y train and test, w
-    floats = N * (K + 1) + 2 + 2 * N * d + 2 * N + d
-    return (floats + K * d * d) * itemsize(config)  # + the per-candidate ridge systems while fitting
+    """Bytes of one generated sequence with its ground truth (what a data file stores per sequence),
+    plus the task's fitting workspace: from the task's tensor spec."""
+    from selectlens.tasks.protocol import make_task
+
+    return make_task(config, device="cpu").sequence_bytes()
 
 
 def generation_bytes(config: Config, sequences: int) -> int:

@@ -1,14 +1,20 @@
-"""Raw-data tasks in the interleaved layout (DESIGN §4.2; Garg et al. 2022, Bai et al. 2023).
+"""Raw-data tasks: the transformer reads (x, y) pairs itself (docs/design.md#raw-tasks; Garg et al.
+2022, Bai et al. 2023).
 
-A sequence is N pairs (x_i, y_i) written as 2N tokens of width d+1: x-token i at
-position 2i is ``[x_i, 0]``, y-token i at position 2i+1 is ``[0…0, y_i]``. The model
-reads out at every x-token; its prediction at x-token i sees the i earlier pairs
-and is scored against ``y_i`` (``target [B, N]``).
+A sequence is N pairs (x_i, y_i), x ~ N(0, I_d), w ~ N(0, I_d). Two token layouts (``data.layout``):
 
-- ``mixed_noise_regression``: x ~ N(0, I_d), w ~ N(0, I_d), y = xᵀw/√d + σz, with σ
-  drawn per sequence from ``noise_levels`` with ``noise_probs``.
-- ``linear_or_logistic``: per sequence, that regression with probability
-  ``p_regression``, else classification y = sign(xᵀw) ∈ {−1, +1} (σ = 0).
+* ``interleaved`` — 2N tokens of width d+1: x-token i at position 2i is ``[x_i, 0]``, y-token i
+  at 2i+1 is ``[0…0, y_i]``; the model reads out at every x-token;
+* ``per_example`` — N tokens of width d+1: token i is ``[x_i, y_{i−1}]`` (y_{−1} = 0); the
+  model reads out at every token. Half the sequence length, the same information: the read-out
+  at token i sees x_0 … x_i and y_0 … y_{i−1}, exactly the i earlier pairs and the query.
+
+Either way the prediction at read-out i is scored against ``y_i`` (``target [B, N]``).
+
+- ``mixed_noise_regression``: y = xᵀw/√d + σz, with σ drawn per sequence from ``noise_levels``
+  with ``noise_probs``.
+- ``linear_or_logistic``: per sequence, that regression with probability ``p_regression``, else
+  classification y = sign(xᵀw) ∈ {−1, +1} (σ = 0).
 
 All randomness comes from the ``torch.Generator`` passed in, never the global RNG.
 """
@@ -17,37 +23,82 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from selectlens.config import DataConfig
+from pydantic import Field, field_validator, model_validator
+
+from selectlens.config import DataConfig, positive_list
+from selectlens.tasks.protocol import Batch, PairedBatches, TaskFamily
+
+LAYOUTS = ("interleaved", "per_example")
+
+
+class RawData(DataConfig):
+    """``data`` keys of the raw-data tasks (``N`` pairs of width ``d_d``)."""
+
+    task: str = "mixed_noise_regression"
+    N: int = Field(20, ge=2, description="Pairs (x, y) per sequence.")
+    layout: Literal["interleaved", "per_example"] = Field(
+        "interleaved", description="interleaved: 2N tokens [x_i, 0], [0, y_i]; per_example: N tokens [x_i, y_{i-1}].")
+    noise_levels: list[float] = Field([0.1, 0.5], description="Noise sd σ levels; one is drawn per sequence.")
+    noise_probs: list[float] | None = Field(None, description="Probability of each noise level (null: uniform).")
+
+    @field_validator("noise_levels")
+    @classmethod
+    def _check_noise_levels(cls, v: list[float]) -> list[float]:
+        return positive_list("noise_levels", v)  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _check_noise_probs(self) -> "RawData":
+        p = self.noise_probs
+        if p is None:
+            return self
+        if len(p) != len(self.noise_levels):
+            raise ValueError(f"data.noise_probs has {len(p)} entries but data.noise_levels has {len(self.noise_levels)}")
+        if any(not math.isfinite(v) or v < 0 for v in p):
+            raise ValueError(f"data.noise_probs must be finite and >= 0 (got {p})")
+        if abs(sum(p) - 1.0) > 1e-6:
+            raise ValueError(f"data.noise_probs must sum to 1 (got {sum(p):g})")
+        return self
+
+    @property
+    def noise_weights(self) -> list[float]:
+        """Probability of each noise level (``noise_probs``, or uniform)."""
+        if self.noise_probs is not None:
+            return list(self.noise_probs)
+        return [1.0 / len(self.noise_levels)] * len(self.noise_levels)
+
+    @property
+    def n_features(self) -> int:
+        return self.d_d + 1
+
+    @property
+    def n_positions(self) -> int:
+        return 2 * self.N if self.layout == "interleaved" else self.N
+
+    def scales(self) -> dict[str, float]:
+        return {"data.noise_levels": max(self.noise_levels)}
+
+
+class LinearOrLogisticData(RawData):
+    task: str = "linear_or_logistic"
+    p_regression: float = Field(0.5, ge=0, le=1, description="Probability a sequence is regression.")
 
 
 @dataclass
-class RawBatch:
+class RawBatch(Batch):
     """A batch of raw-data sequences with their ground truth."""
 
-    tokens: Tensor  # [B, 2N, d+1]: x-token i at 2i = [x_i, 0]; y-token i at 2i+1 = [0…0, y_i]
-    target: Tensor  # [B, N]: y_i, predicted at x-token i from the i earlier pairs
+    tokens: Tensor  # [B, T, d+1]: the layout's tokens (T = 2N interleaved, N per example)
+    target: Tensor  # [B, N]: y_i, predicted from the i earlier pairs
     x: Tensor  # [B, N, d]
     y: Tensor  # [B, N]
     w: Tensor  # [B, d]
     sigma: Tensor  # [B]: noise sd (0 for classification sequences)
     is_regression: Tensor  # [B] bool
-
-    def as_dict(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def to(self, device: torch.device | str) -> "RawBatch":
-        return RawBatch(**{k: v.to(device) for k, v in self.as_dict().items()})
-
-    def __getitem__(self, index: slice | Tensor) -> "RawBatch":
-        return RawBatch(**{k: v[index] for k, v in self.as_dict().items()})
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
 
 
 def interleave(x: Tensor, y: Tensor) -> Tensor:
@@ -59,19 +110,94 @@ def interleave(x: Tensor, y: Tensor) -> Tensor:
     return tokens.reshape(B, 2 * N, d + 1)
 
 
-class RawTask:
+def per_example(x: Tensor, y: Tensor) -> Tensor:
+    """``x [B, N, d]``, ``y [B, N]`` → tokens ``[B, N, d+1]``: token i = ``[x_i, y_{i−1}]`` (y_{−1} = 0)."""
+    shifted = torch.cat([y.new_zeros(y.shape[0], 1), y[:, :-1]], dim=1)  # [B, N]
+    return torch.cat([x, shifted.unsqueeze(-1)], dim=-1)
+
+
+TOKENIZERS = {"interleaved": interleave, "per_example": per_example}
+
+
+class RawTask(TaskFamily):
     """Base class of the raw-data tasks: samples x, w, z, σ and the task type, builds tokens."""
 
-    name: ClassVar[str]
-    loss: ClassVar[str] = "mse"
-    layout: ClassVar[str] = "interleaved"
+    registered = False
+    Data = RawData
+    Batch = RawBatch
+    analyses = ("sequence",)  # report sections (interpret.report.SECTIONS)
 
-    def __init__(self, data: DataConfig, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        self.data = data
-        self.device = torch.device(device)
-        self.dtype = dtype
+    def __init__(self, data: RawData, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__(data, device=device, dtype=dtype)
         self.noise_levels = list(data.noise_levels)
         self.noise_probs = data.noise_weights
+
+    @property
+    def layout(self) -> str:  # type: ignore[override]
+        return self.data.layout
+
+    @property
+    def readout(self) -> slice:  # type: ignore[override]
+        return slice(0, None, 2) if self.data.layout == "interleaved" else slice(None)
+
+    @property
+    def context_sizes(self) -> list[int]:
+        return list(range(self.data.N))
+
+    def curve_positions(self) -> list[int]:
+        d, N = self.data.d_d, self.data.N
+        return sorted({n for n in (d, 2 * d, N - 1) if n < N})
+
+    def tokens(self, x: Tensor, y: Tensor) -> Tensor:
+        """The layout's tokens for pairs ``x [B, N, d]``, ``y [B, N]``."""
+        return TOKENIZERS[self.data.layout](x, y)
+
+    def tokens_for_prediction(self, tensors: dict[str, Tensor]) -> Tensor | None:
+        """``tokens``, or the layout's tokens built from pairs ``x [B, N, d]`` and ``y [B, N]``."""
+        if "tokens" in tensors:
+            return tensors["tokens"]
+        x, y = tensors.get("x"), tensors.get("y")
+        if x is None or y is None:
+            return None
+        if x.dim() != 3 or y.shape != x.shape[:2] or not x.is_floating_point() or not y.is_floating_point():
+            return None
+        return self.tokens(x, y)
+
+    def prediction_input_hint(self) -> str:
+        return "; a raw-data run also takes pairs: 'x' [B, N, d] and 'y' [B, N] (floating)"
+
+    def check_tokens(self, tokens: Tensor) -> str | None:
+        if self.data.layout == "interleaved" and tokens.shape[1] % 2:
+            return f"tokens have {tokens.shape[1]} positions; interleaved (x, y) tokens need an even count"
+        return None
+
+    def groups(self, batch: RawBatch) -> dict[str, Tensor]:
+        """``[B]`` masks: ``all``, one ``sigma=<σ>`` per noise level (regression sequences), and
+        ``classification`` where the batch has classification sequences."""
+        groups = {"all": torch.ones_like(batch.is_regression, dtype=torch.bool)}
+        reg = batch.is_regression
+        for s in sorted({float(v) for v in batch.sigma[reg].tolist()}):
+            groups[f"sigma={s:g}"] = reg & (batch.sigma == torch.tensor(s, dtype=batch.sigma.dtype, device=batch.sigma.device))
+        if bool((~reg).any()):
+            groups["classification"] = ~reg
+        return groups
+
+    def curve_metrics(self, group: str) -> tuple[str, ...]:
+        return ("sign_error",) if group == "classification" else ()
+
+    def paired_batches(self, n: int, generator: torch.Generator) -> PairedBatches | None:
+        """Regression sequences that differ only in σ (lowest vs highest level): same x, w and z."""
+        if len(self.noise_levels) < 2:
+            return None
+        B, N, d = n, self.data.N, self.data.d_d
+        kw = {"device": self.device, "dtype": self.dtype}
+        x = torch.randn(B, N, d, generator=generator, **kw)
+        w = torch.randn(B, d, generator=generator, **kw)
+        z = torch.randn(B, N, generator=generator, **kw)
+        reg = torch.ones(B, dtype=torch.bool, device=self.device)
+        lo, hi = min(self.noise_levels), max(self.noise_levels)
+        return PairedBatches(self.build(x, w, z, torch.full((B,), lo, **kw), reg),
+                             self.build(x, w, z, torch.full((B,), hi, **kw), reg), "σ", lo, hi)
 
     def sample_sigma(self, batch_size: int, generator: torch.Generator) -> Tensor:
         """``[B]`` noise sds, i.i.d. from ``noise_levels`` with probabilities ``noise_probs``."""
@@ -96,8 +222,7 @@ class RawTask:
         is_regression = self.sample_is_regression(B, generator)
         return self.build(x, w, z, sigma, is_regression)
 
-    @staticmethod
-    def build(x: Tensor, w: Tensor, z: Tensor, sigma: Tensor, is_regression: Tensor) -> RawBatch:
+    def build(self, x: Tensor, w: Tensor, z: Tensor, sigma: Tensor, is_regression: Tensor) -> RawBatch:
         """Labels and tokens from given ground truth (e.g. the same x, w, z under another σ).
 
         Regression sequences: y = xᵀw/√d + σz; classification sequences: y = sign(xᵀw)
@@ -109,7 +234,7 @@ class RawTask:
         sign = torch.where(clean >= 0, 1.0, -1.0).to(x.dtype)
         y = torch.where(is_regression.unsqueeze(-1), regression, sign)
         sigma = torch.where(is_regression, sigma, torch.zeros_like(sigma))
-        return RawBatch(tokens=interleave(x, y), target=y.clone(), x=x, y=y, w=w, sigma=sigma,
+        return RawBatch(tokens=self.tokens(x, y), target=y.clone(), x=x, y=y, w=w, sigma=sigma,
                         is_regression=is_regression.clone())
 
 
@@ -117,19 +242,17 @@ class MixedNoiseRegressionTask(RawTask):
     """Linear regression whose noise level σ is drawn per sequence (Bai et al.'s noisy-ridge mixture)."""
 
     name = "mixed_noise_regression"
+    Data = RawData
 
 
 class LinearOrLogisticTask(RawTask):
     """Per sequence, noisy linear regression (probability ``p_regression``) or y = sign(xᵀw)."""
 
     name = "linear_or_logistic"
+    Data = LinearOrLogisticData
 
     def sample_is_regression(self, batch_size: int, generator: torch.Generator) -> Tensor:
         u = torch.rand(batch_size, generator=generator, device=self.device, dtype=torch.float64)
         return u < self.data.p_regression
 
 
-RAW_TASKS: dict[str, type[RawTask]] = {
-    MixedNoiseRegressionTask.name: MixedNoiseRegressionTask,
-    LinearOrLogisticTask.name: LinearOrLogisticTask,
-}

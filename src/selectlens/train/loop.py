@@ -22,20 +22,18 @@ from typing import Any, Callable
 
 import torch
 
-from selectlens.baselines import SelectionFit, fit_selection_baselines, make_baselines, pointwise_loss
-from selectlens.baselines.raw import make_raw_baselines
+from selectlens.baselines import BaselineSuite, pointwise_loss, suite_for
 from selectlens.config import Config, check_device
 from selectlens.errors import SelectLensError
 from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 from selectlens.model.checkpoint import load_weights, read_safetensors
 from selectlens import rundir
-from selectlens.tasks.generators import (
-    DATA_STREAM, DTYPES, INIT_STREAM, SHUFFLE_STREAM, make_generator, make_task, stream_seed,
+from selectlens.tasks.protocol import (
+    DATA_STREAM, DTYPES, INIT_STREAM, SHUFFLE_STREAM, Batch, TaskFamily, make_generator, make_task, stream_seed,
 )
 from selectlens.tasks.memory import check_memory, train_bytes
 from selectlens.train import distributed
 from selectlens.train.distributed import DistContext
-from selectlens.train.raw import evaluate_raw_split, raw_batch_loss
 from selectlens.train.sinks import MetricSinks
 
 
@@ -55,6 +53,7 @@ class TrainResult:
     stopped_early: bool
     last: dict[str, Any]
     set_aside: list[Path] = field(default_factory=list)  # stale eval/report outputs moved by a resume
+    reference: str = ""  # the reference baseline (best honest, chosen on training data)
 
 
 def build_model(config: Config) -> SelectionTransformer:
@@ -79,27 +78,30 @@ def learning_rate(config: Config, step: int, total_steps: int) -> float:
 LossFn = Callable[[SelectionTransformer, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def batch_loss(model: SelectionTransformer, tokens: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean training loss of ``model`` on ``tokens [B, T, F]`` against ``target [B]``."""
-    out = model(tokens)
-    if kind == "bce":  # the read-out is a logit
-        return torch.nn.functional.binary_cross_entropy_with_logits(out.raw[:, -1], target)
-    return ((out.prediction - target) ** 2).mean()
+def batch_loss(model: SelectionTransformer, tokens: torch.Tensor, target: torch.Tensor, readout: slice, kind: str,
+               positions: str = "all") -> torch.Tensor:
+    """Mean training loss of ``model`` on ``tokens [B, T, F]`` against ``target [B, P]`` (or ``[B]``, P = 1)
+    at the read-out positions ``readout``: every one (``positions: all``) or the last one (``last``).
+    ``kind``: ``mse``, or ``bce`` (the read-out is a logit)."""
+    raw = model(tokens).raw[:, readout]  # [B, P]
+    target = target if target.dim() == 2 else target.unsqueeze(1)
+    if positions == "last":
+        raw, target = raw[:, -1:], target[:, -1:]
+    if kind == "bce":
+        return torch.nn.functional.binary_cross_entropy_with_logits(raw, target)
+    return ((raw - target) ** 2).mean()
 
 
 def loss_fn(config: Config, *, compiled: bool | None = None) -> LossFn:
     """The training loss chosen by the config: ``(model, tokens, target) -> scalar``.
 
-    The one place that maps ``training.loss`` (and, later, the task kind) to a loss.
-    ``compiled`` (default: ``training.compile``) wraps it in ``torch.compile``: one
-    inductor graph for forward and backward (C++ kernels built with gcc on CPU).
+    The task says where the model reads out; ``training.loss`` and ``training.loss_positions`` say how
+    the read-outs are scored. ``compiled`` (default: ``training.compile``) wraps it in ``torch.compile``:
+    one inductor graph for forward and backward (C++ kernels built with gcc on CPU).
     """
-    if config.data.is_raw:  # MSE at every x-token (or the last one), target [B, N]
-        positions = config.training.loss_positions
-        fn: LossFn = lambda model, tokens, target: raw_batch_loss(model, tokens, target, positions)
-    else:
-        kind = config.training.loss
-        fn = lambda model, tokens, target: batch_loss(model, tokens, target, kind)
+    readout = make_task(config, device="cpu").readout
+    kind, positions = config.training.loss, config.training.loss_positions
+    fn: LossFn = lambda model, tokens, target: batch_loss(model, tokens, target, readout, kind, positions)
     if config.training.compile if compiled is None else compiled:
         fn = torch.compile(fn, dynamic=False)
     return fn
@@ -123,12 +125,13 @@ class TrainState:
     run: Path
     config: Config
     device: torch.device
-    task: Any
+    task: TaskFamily
+    suite: BaselineSuite
     model: SelectionTransformer
     opt: torch.optim.Optimizer
     data_gen: torch.Generator
     shuffle_gen: torch.Generator
-    baseline_fit: SelectionFit | None  # the baselines' temperatures, stacking penalties, … (fitted on training data)
+    baseline_fit: Any  # what the suite's baselines fitted on training data (temperatures, penalties, …)
     dist: DistContext = DistContext()
     forward_model: torch.nn.Module | None = None  # what the training forward calls: DDP(model) or model
     start_epoch: int = 0
@@ -144,7 +147,7 @@ class TrainState:
             "optimizer": self.opt.state_dict(),
             "data_rng": self.data_gen.get_state(),
             "shuffle_rng": self.shuffle_gen.get_state(),
-            "temperature": self.baseline_fit.temperature if self.baseline_fit else 0.0,
+            "temperature": getattr(self.baseline_fit, "temperature", 0.0),
             "baseline_fit": self.baseline_fit.as_dict() if self.baseline_fit else None,
         }
 
@@ -187,7 +190,7 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
     task = make_task(config, device=device)
     model = build_model(config).to(device)
     state = TrainState(
-        run=run, config=config, device=device, task=task, model=model,
+        run=run, config=config, device=device, task=task, suite=suite_for(task), model=model,
         opt=make_optimizer(model, config),
         data_gen=make_generator(stream_seed(config.seed, DATA_STREAM), device),
         shuffle_gen=make_generator(stream_seed(config.seed, SHUFFLE_STREAM), "cpu"),
@@ -200,9 +203,8 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
         _restore(state, *ckpt)
         if ctx.is_main:  # rank 0 alone writes the run directory
             state.weights_restored = rundir.restore_run_weights(run, ckpt[1])
-    elif not config.data.is_raw and ctx.is_main:  # raw tasks have no selection baselines; rank 0 scores them
-        state.baseline_fit = fit_selection_baselines(task, config.seed, config.eval.temperature_sequences,
-                                                     metric=config.training.loss)
+    elif ctx.is_main:  # rank 0 scores the baselines
+        state.baseline_fit = state.suite.fit(config.seed, config.eval.temperature_sequences, metric=config.training.loss)
     if ctx.is_main:
         for log in ("metrics", "timing"):
             rundir.truncate_jsonl(run / f"{log}.jsonl", state.start_epoch, fault=f"resume.{log}" if resume else None)
@@ -219,10 +221,7 @@ def _restore(state: TrainState, epoch: int, path: Path, saved: dict[str, Any]) -
     state.shuffle_gen.set_state(saved["shuffle_rng"])
     state.start_epoch = epoch
     state.step = int(saved["step"])
-    if saved.get("baseline_fit"):
-        state.baseline_fit = SelectionFit.from_dict(saved["baseline_fit"])
-    elif not state.config.data.is_raw:  # checkpoints from before stacking: the context-softmax temperature only
-        state.baseline_fit = SelectionFit(state.config.training.loss, float(saved["temperature"]), 1.0, None)
+    state.baseline_fit = state.suite.fit_from_checkpoint(saved, state.config.training.loss)
     # checkpoints written before ``sequences`` was stored: every epoch trains on all its n_train sequences
     state.sequences = int(saved.get("sequences", epoch * EpochPlan.from_config(state.config).n_train))
 
@@ -296,19 +295,15 @@ def epoch_record(state: TrainState, epoch: int, train_loss: float, test_b, basel
     }
 
 
-def split_losses(state: TrainState, test_b, baselines) -> dict[str, Any]:
+def split_losses(state: TrainState, test_b: Batch, baselines) -> dict[str, Any]:
     """The model's and every baseline's test loss on the epoch's test split."""
-    config = state.config
-    if config.data.is_raw:
-        return evaluate_raw_split(state.model, test_b, baselines, config.training.loss_positions)
-    return evaluate_split(state.model, test_b, baselines, config.training.loss)
+    t = state.config.training
+    return evaluate_split(state.model, state.task, test_b, baselines, t.loss, t.loss_positions)
 
 
 def epoch_baselines(state: TrainState) -> dict[str, Any]:
-    """The baselines scored beside the model every epoch (raw or selection ones)."""
-    if state.config.data.is_raw:
-        return make_raw_baselines(state.task)
-    return make_baselines(state.task, state.baseline_fit)
+    """The baselines scored beside the model every epoch."""
+    return state.suite.predictors(state.baseline_fit)
 
 
 def write_records(run: Path, record: dict[str, Any], timing: dict[str, Any], sinks: MetricSinks) -> None:
@@ -365,7 +360,7 @@ def train(
                 last = epoch_record(state, epoch, train_loss, test_b, baselines)
                 write_records(run, last, {"epoch": epoch + 1, "epoch_s": time.monotonic() - t0, "elapsed_s": elapsed}, sinks)
                 if bar is not None:
-                    bar.set_postfix(epoch=epoch + 1, test=f"{last['test_loss']:.4f}", **_reference_loss(last))
+                    bar.set_postfix(epoch=epoch + 1, test=f"{last['test_loss']:.4f}", **_reference_loss(state, last))
             out_of_time = distributed.agree(ctx, max_minutes is not None and elapsed >= max_minutes * 60)
             final = epoch + 1 == config.training.epochs
             if ctx.is_main and ((epoch + 1) % config.training.save_every_epochs == 0 or final or out_of_time):
@@ -384,15 +379,14 @@ def train(
     if resume and ctx.is_main:  # eval/report made from other weights than the run's final ones are moved aside
         changed = state.weights_restored or state.start_epoch < config.training.epochs
         moved = rundir.set_aside_stale_outputs(run, f"before_epoch_{state.start_epoch:06d}", weights_changed=changed)
-    return TrainResult(run, int(last.get("epoch", state.start_epoch)), state.step, stopped_early, last, moved)
+    reference = state.suite.reference(state.baseline_fit) if state.baseline_fit is not None else ""
+    return TrainResult(run, int(last.get("epoch", state.start_epoch)), state.step, stopped_early, last, moved, reference)
 
 
-def _reference_loss(record: dict[str, Any]) -> dict[str, str]:
-    """The baseline shown beside the model in the progress bar (Bayes mixture or context validation)."""
-    for name, short in (("bayes_posterior_mixture", "bayes"), ("context_validation_select", "cv")):
-        if name in record["baselines"]:
-            return {short: f"{record['baselines'][name]:.4f}"}
-    return {}
+def _reference_loss(state: TrainState, record: dict[str, Any]) -> dict[str, str]:
+    """The reference baseline (best honest, chosen on training data) shown beside the model in the progress bar."""
+    name = state.suite.reference(state.baseline_fit) if state.baseline_fit is not None else ""
+    return {"ref": f"{record['baselines'][name]:.4f}"} if name in record["baselines"] else {}
 
 
 def _progress_bar(plan: EpochPlan, initial: int):
@@ -402,9 +396,20 @@ def _progress_bar(plan: EpochPlan, initial: int):
 
 
 @torch.no_grad()
-def evaluate_split(model: SelectionTransformer, batch, baselines, kind: str) -> dict[str, Any]:
-    """Test loss of the model and of every baseline on the same sequences."""
-    preds = model.predict_in_chunks(batch.tokens)
-    out = {"test_loss": float(pointwise_loss(preds, batch.target, kind).mean())}
-    out["baselines"] = {name: float(pointwise_loss(fn(batch), batch.target, kind).mean()) for name, fn in baselines.items()}
+def evaluate_split(model: SelectionTransformer, task: TaskFamily, batch: Batch, baselines, kind: str,
+                   positions: str = "all") -> dict[str, Any]:
+    """Test loss of the model and of every baseline on the same sequences, averaged over the read-out
+    positions the training loss uses (all, or the last); with several positions also ``test_loss_last``."""
+    target = batch.targets  # [B, P]
+    used = slice(None) if positions == "all" else slice(-1, None)
+
+    def loss(pred: torch.Tensor) -> float:
+        pred = pred if pred.dim() == 2 else pred.unsqueeze(1)
+        return float(pointwise_loss(pred[:, used], target[:, used], kind).mean())
+
+    pred = model.predict_positions(batch.tokens, task.readout)
+    out = {"test_loss": loss(pred)}
+    if target.shape[1] > 1:
+        out["test_loss_last"] = float(pointwise_loss(pred, target, kind)[:, -1].mean())
+    out["baselines"] = {name: loss(fn(batch)) for name, fn in baselines.items()}
     return out

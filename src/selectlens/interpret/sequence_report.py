@@ -1,90 +1,47 @@
-"""The report of a raw-data (interleaved) run: ``selectlens interpret`` / ``run`` pick it for
-``mixed_noise_regression`` and ``linear_or_logistic`` runs.
-
-Sections: training curves; error vs context length per σ / task type against every baseline
-(``evaluate.context_length``); algorithm agreement (``interpret.agreement``); attention with
-x / y query roles — the four role blocks beside uniform causal attention, and the
-cluster analysis (content / position / both, beside majority and permutation nulls) for every
-head and role; probes at every layer and x position (w, σ, the Bayes posterior weights, the
-least-squares estimate), each beside a shuffled-label null; activation patching between
-sequences that differ only in σ.
-
-Escaping as in ``report.py``: every string from the config is HTML-escaped; the only JSON in the
-page is inside a ``<script type="application/json">`` block with ``<``, ``>``, ``&`` escaped.
+"""The report sections of the raw-data (sequence) tasks: algorithm agreement over context length
+(``interpret.agreement``); attention with x / y query roles — the four role blocks beside
+uniform causal attention, and the cluster analysis (content / position / both, beside majority
+and permutation nulls) for every head and role; probes at every layer and read-out position (w,
+σ, the Bayes posterior weights, the least-squares estimate), each beside a shuffled-label null;
+activation patching between sequences that differ only in σ. :func:`sequence_sections` runs them
+on a :class:`~selectlens.interpret.report.ReportContext` and returns their HTML.
 """
 
 from __future__ import annotations
 
 import html
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from selectlens.evaluate.context_length import context_length_figure
-from selectlens.evaluate.runner import evaluate_model, heldout_batch, plot_training_curves
-from selectlens.fileio import atomic_write
 from selectlens.interpret import plots
 from selectlens.interpret.agreement import agreement_figure, algorithm_agreement
 from selectlens.interpret.attention import analyze_attention, attention_patterns
+from selectlens.interpret.page import img as _img, png as _png, script_json as _script_json
 from selectlens.interpret.raw_analyses import (
-    ROLE_BLOCKS, RawProbe, interleaved_content_features, paired_sigma_batches, raw_activation_patching, raw_probes,
-    role_blocks,
+    ROLE_BLOCKS, RawProbe, interleaved_content_features, raw_activation_patching, raw_probes, role_blocks,
 )
-from selectlens.interpret.report import PATCH_STREAM, _img, _png, _script_json, write_figures_and_numbers
-from selectlens.rundir import read_jsonl
-from selectlens.tasks.generators import make_generator, make_task, stream_seed
+from selectlens.tasks.protocol import PATCH_STREAM, make_generator, stream_seed
 
 
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"  interpret: {msg}", flush=True)
-
-
-def interpret_raw_run(run: Path, out: Path, model, cfg, *, sequences: int = 512, device: str = "cpu",
-                      progress: bool = False, attention_samples: int = 64) -> dict[str, Path]:
-    """Every raw-run analysis on ``model`` (loaded from ``run``); writes PNGs, ``interpret.json`` and
-    ``report.html`` into ``out`` and returns the written paths."""
-    task = make_task(cfg, device=device)
-    batch = heldout_batch(cfg, sequences, device)
-    batch = batch.to(device)
-    pngs: dict[str, bytes] = {}
-    numbers: dict[str, Any] = {"run": str(run), "sequences": sequences, "task": cfg.data.task_name, "layout": "interleaved"}
-
-    _say(progress, "training curves and evaluation over context length")
-    numbers["eval"] = _evaluation(run, model, cfg, device, pngs)
-    _say(progress, "algorithm agreement")
+def sequence_sections(ctx) -> str:
+    """Every raw-data analysis on ``ctx`` (figures into ``ctx.pngs``, numbers into ``ctx.numbers``); their HTML."""
+    model, task, batch, cfg, pngs, numbers = ctx.model, ctx.task, ctx.batch, ctx.cfg, ctx.pngs, ctx.numbers
+    ctx.say("algorithm agreement")
     agreement = algorithm_agreement(model, task, batch)
     numbers["agreement"] = agreement
     pngs["agreement"] = _png(agreement_figure(agreement))
-    _say(progress, "attention: role blocks and clusters, every head")
-    numbers["attention"] = _attention(model, batch, cfg, attention_samples, pngs)
-    _say(progress, "probes at every layer and x position")
-    probes = raw_probes(model, batch, list(cfg.data.noise_levels), list(cfg.data.noise_weights), seed=cfg.seed)
+    ctx.say("attention: role blocks and clusters, every head")
+    numbers["attention"] = _attention(model, batch, cfg, ctx.attention_samples, pngs)
+    ctx.say("probes at every layer and read-out position")
+    probes = raw_probes(model, batch, list(task.noise_levels), list(task.noise_probs), seed=cfg.seed, readout=task.readout)
     numbers["probes"] = {p.name: _probe_numbers(p) for p in probes}
     pngs["probes"] = _png(probe_grid_figure(probes))
-    if len(cfg.data.noise_levels) > 1:
-        _say(progress, "activation patching between sequences that differ only in σ")
-        numbers["patching"] = _patching(model, task, cfg, min(sequences, 256), device, pngs)
-    return _write(out, cfg, pngs, numbers)
-
-
-def _evaluation(run: Path, model, cfg, device: str, pngs: dict[str, bytes]) -> dict[str, Any]:
-    """The run's ``eval.json`` (computed if absent), its context-length figure and the training curves."""
-    eval_path = run / "eval.json"
-    ev = json.loads(eval_path.read_text()) if eval_path.exists() else None
-    if not ev or ev.get("layout") != "interleaved":
-        ev = evaluate_model(model, cfg, device=device)
-    pngs["context_length"] = _png(context_length_figure(ev))
-    metrics = read_jsonl(run / "metrics.jsonl")
-    if metrics:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = plot_training_curves(metrics, Path(tmp) / "curves.png", eval_result=ev)
-            pngs["training_curves"] = path.read_bytes()
-    return ev
+    pair = task.paired_batches(min(ctx.sequences, 256), make_generator(stream_seed(cfg.seed, PATCH_STREAM), ctx.device))
+    if pair is not None:
+        ctx.say(f"activation patching between sequences that differ only in {pair.latent}")
+        numbers["patching"] = _patching(model, pair, pngs)
+    return render_sections(ctx.ev, pngs, numbers)
 
 
 def _attention(model, batch, cfg, samples: int, pngs: dict[str, bytes]) -> dict[str, Any]:
@@ -143,50 +100,19 @@ def _probe_numbers(p: RawProbe) -> dict[str, Any]:
             "last_position_by_layer": p.scores[:, -1], "per_column": p.per_column}
 
 
-def _patching(model, task, cfg, n: int, device: str, pngs: dict[str, bytes]) -> dict[str, Any]:
-    lo, hi = min(cfg.data.noise_levels), max(cfg.data.noise_levels)
-    gen = make_generator(stream_seed(cfg.seed, PATCH_STREAM), device)
-    clean, corrupt = paired_sigma_batches(task, n, gen, lo, hi)
+def _patching(model, pair, pngs: dict[str, bytes]) -> dict[str, Any]:
+    clean, corrupt = pair.clean, pair.corrupt
     dtype = next(model.parameters()).dtype
     clean.tokens, corrupt.tokens = clean.tokens.to(dtype), corrupt.tokens.to(dtype)
     res = raw_activation_patching(model, clean, corrupt)
     pngs["patching"] = _png(plots.effects_figure({"resid_pre patched (effect, 1 = clean)": res["resid_output"]},
                                                  xlabel="position (x-token i at 2i)"))
     pngs["patching_heads"] = _png(plots.effects_figure({"head z patched (effect)": res["head_output"]}, xlabel="head"))
-    return {"sigma_clean": lo, "sigma_corrupt": hi, "sequences": n, **res}
-
-
-def _write(out: Path, cfg, pngs: dict[str, bytes], numbers: dict[str, Any]) -> dict[str, Path]:
-    paths = write_figures_and_numbers(out, pngs, numbers)
-    paths["html"] = out / "report.html"
-    atomic_write(paths["html"], render_raw_html(cfg, pngs, numbers).encode())
-    return paths
+    return {"sigma_clean": pair.clean_value, "sigma_corrupt": pair.corrupt_value, "sequences": len(clean), **res}
 
 
 # ---------------------------------------------------------------------------
 # HTML
-
-
-def _ci(c: dict[str, list[float]], n: int, fmt: str) -> str:
-    return f"{c['mean'][n]:{fmt}} [{c['ci_low'][n]:{fmt}}, {c['ci_high'][n]:{fmt}}]"
-
-
-def _eval_table(ev: dict[str, Any]) -> str:
-    """Per group: each predictor's error at n = d, 2d, N−1, then (model − Bayes) and the excess-risk ratio."""
-    esc, ns = html.escape, ev["table_positions"]
-    head = "".join(f"<th>n = {n}</th>" for n in ns)
-    parts = []
-    for g, res in ev["groups"].items():
-        rows = [f"<tr><td>{esc(name)}</td><td>{esc(ev['predictors'][name]['sees'])}</td>"
-                + "".join(f"<td>{_ci(e['mse'], n, '.4f')}</td>" for n in ns) + "</tr>" for name, e in res["predictors"].items()]
-        if "excess_risk_ratio" in res:
-            rows.append("<tr class='ref'><td>model − Bayes mixture (paired)</td><td></td>"
-                        + "".join(f"<td>{_ci(res['model_minus_reference'], n, '+.4f')}</td>" for n in ns) + "</tr>")
-            rows.append("<tr class='ref'><td>(model − Bayes)/Bayes</td><td></td>"
-                        + "".join(f"<td>{_ci(res['excess_risk_ratio'], n, '+.3f')}</td>" for n in ns) + "</tr>")
-        parts.append(f"<h3>{esc(g)} ({res['sequences']} sequences)</h3><table><tr><th>predictor</th><th>sees</th>{head}</tr>"
-                     + "".join(rows) + "</table>")
-    return "".join(parts)
 
 
 def _agreement_table(agreement: dict[str, Any], ns: list[int]) -> str:
@@ -254,32 +180,10 @@ def _patching_html(numbers: dict[str, Any], pngs: dict[str, bytes]) -> str:
             + _img(pngs, "patching", "residual patching") + _img(pngs, "patching_heads", "head patching"))
 
 
-STYLE = """body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.8em; }
-td, th { border: 1px solid #ccc; padding: 3px 7px; text-align: left; } tr.ref td { background: #f3f3f8; }
-img { max-width: 100%; } section { margin-bottom: 2em; }"""
-
-
-def render_raw_html(cfg, pngs: dict[str, bytes], numbers: dict[str, Any]) -> str:
-    """The self-contained report page of a raw-data run."""
-    esc = html.escape
-    name = cfg.wandb.name or Path(cfg.out_dir).name
-    ev, att = numbers["eval"], numbers["attention"]
-    config_rows = "".join(f"<tr><td>{esc(k)}</td><td><code>{esc(json.dumps(v))}</code></td></tr>" for k, v in cfg.to_dict().items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>SelectLens report: {esc(name)}</title><style>{STYLE}</style></head><body>
-<h1>SelectLens report: <span id="run-name">{esc(name)}</span></h1>
-<p id="run-notes">{esc(cfg.wandb.notes or "")}</p>
-<p>{esc(cfg.data.task_name)} task, interleaved layout: d = {cfg.data.d_d}, N = {cfg.data.N} pairs, σ ∈ {esc(str(cfg.data.noise_levels))};
-{numbers['sequences']} held-out sequences for the analyses.</p>
-<section id="training"><h2>Training</h2>{_img(pngs, 'training_curves', 'training curves')}</section>
-<section id="eval"><h2>Error vs context length ({ev['sequences']} held-out sequences)</h2>
-<p>Squared error of the prediction of y_n from n pairs, mean [95% CI]; the reference is the exact Bayes posterior
-mixture over the noise levels. "latent" predictors see the sequence's σ or type, which the model does not.</p>
-{_img(pngs, 'context_length', 'error vs context length')}{_eval_table(ev)}</section>
-<section id="agreement"><h2>Algorithm agreement</h2>
+def render_sections(ev: dict[str, Any], pngs: dict[str, bytes], numbers: dict[str, Any]) -> str:
+    """The HTML of the raw-data sections (agreement, attention, probes, patching)."""
+    att = numbers["attention"]
+    return f"""<section id="agreement"><h2>Algorithm agreement</h2>
 <p>Mean squared distance between the model's predictions and each baseline's, per n (not against the target).</p>
 {_agreement_table(numbers['agreement'], ev['table_positions'])}{_img(pngs, 'agreement', 'algorithm agreement')}</section>
 <section id="attention"><h2>Attention: x and y queries</h2>
@@ -295,7 +199,5 @@ the query token's content (x, y, ‖x‖, |y|), its position, or both, beside th
 scored on the rest; the null is the same probe trained on shuffled labels. Layer 0 is the embedding.</p>
 {_probe_table(numbers['probes'])}{_img(pngs, 'probes', 'probes')}</section>
 <section id="patching"><h2>Activation patching between σ levels</h2>{_patching_html(numbers, pngs)}</section>
-<section id="config"><h2>Config</h2><table>{config_rows}</table></section>
-<script type="application/json" id="report-numbers">{_script_json({"task": numbers["task"], "probes": {k: {"best": v["best"], "best_at": v["best_at"]} for k, v in numbers["probes"].items()}})}</script>
-</body></html>
+<script type="application/json" id="report-numbers">{_script_json({"task": numbers.get("task"), "probes": {k: {"best": v["best"], "best_at": v["best_at"]} for k, v in numbers["probes"].items()}})}</script>
 """

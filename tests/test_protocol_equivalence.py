@@ -1,0 +1,83 @@
+"""The task protocol changed no numbers: every preset family, trained and evaluated on a tiny run, gives
+the same weights and metrics (byte for byte) and the same eval values as the code before it
+(saved outputs in tests/data/pre_protocol, made by commit eccbc1f)."""
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from selectlens.config import load_config
+from selectlens.evaluate import evaluate_model
+from selectlens.train import train
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "pre_protocol" / "reference.json").read_text())
+TINY = ["data.train_samp_per_class=600", "training.epochs=2", "training.batch_size=64", "eval.sequences=1000",
+        "eval.temperature_sequences=200", "model.n_embd=32", "training.save_every_epochs=1"]
+# The old selection evaluator squared float32 differences, the raw one float64; both now use float64.
+REL = 1e-6
+
+
+def _close(a, b, where, bad):
+    if isinstance(a, bool) or not isinstance(a, (int, float)):
+        if isinstance(a, list):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                _close(x, y, f"{where}[{i}]", bad)
+        elif a != b:
+            bad.append(f"{where}: {a!r} != {b!r}")
+    elif not (a == b or (math.isnan(a) and math.isnan(b)) or abs(a - b) <= REL * max(1e-3, abs(a))):
+        bad.append(f"{where}: {a!r} != {b!r}")
+
+
+def _compare(old: dict, new: dict) -> list[str]:
+    bad: list[str] = []
+    tables = old.get("tables", {"mse": {"predictors": old.get("predictors", {})}})
+    for metric, t in tables.items():
+        nt = new["tables"][metric]
+        assert set(t["predictors"]) <= set(nt["predictors"])
+        for name, e in t["predictors"].items():
+            ne = nt["predictors"][name]
+            for key in ("mean", "ci_low", "ci_high", "paired_diff", "paired_diff_ci", "model_better"):
+                if key in e:
+                    _close(e[key], ne[key], f"{metric}.{name}.{key}", bad)
+            if "mse" in e and "mean" not in e:  # the old raw schema
+                _close(e["mse"], ne["mean"], f"{metric}.{name}.mse", bad)
+            if name != "model":
+                _close(e["sees"], ne["sees"], f"{metric}.{name}.sees", bad)
+            for alpha, s in e.get("per_alpha", {}).items():
+                for key in ("mean", "ci_low", "ci_high"):
+                    _close(s[key], ne["per_group"][f"alpha={alpha}"][key], f"{metric}.{name}.α={alpha}.{key}", bad)
+        if "best_honest" in t:
+            _close(t["best_honest"], nt["best_honest"], f"{metric}.best_honest", bad)
+        if t.get("gap_closed"):
+            for key in ("value", "ci", "significant", "bound"):
+                _close(t["gap_closed"][key], nt["gap_closed"][key], f"{metric}.gap_closed.{key}", bad)
+    for g, res in old.get("groups", {}).items():
+        nres = new["groups"][g]
+        for name, e in res["predictors"].items():
+            for curve_name, c in e.items():
+                for key in ("mean", "ci_low", "ci_high"):
+                    _close(c[key], nres["predictors"][name][curve_name][key], f"groups.{g}.{name}.{curve_name}.{key}", bad)
+        for curve_name in ("model_minus_reference", "excess_risk_ratio"):
+            for key in ("mean", "ci_low", "ci_high"):
+                _close(res[curve_name][key], nres[curve_name][key], f"groups.{g}.{curve_name}.{key}", bad)
+    return bad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(REFERENCE))
+def test_preset_gives_the_pre_protocol_numbers(preset, tmp_path):
+    ref = REFERENCE[preset]
+    cfg = load_config(preset, TINY)
+    run = tmp_path / preset
+    train(cfg, run, progress=False)
+    assert hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest() == ref["model_sha256"]
+    assert hashlib.sha256((run / "metrics.jsonl").read_bytes()).hexdigest() == ref["metrics_sha256"]
+    from selectlens.rundir import load_run_model
+
+    model, cfg = load_run_model(run)
+    new = evaluate_model(model, cfg, sequences=1000)
+    bad = _compare(ref["eval"], new)
+    assert not bad, bad[:10]
