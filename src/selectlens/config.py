@@ -81,7 +81,7 @@ class DataConfig(_Section):
 # ---------------------------------------------------------------------------
 # Task families: name → family class (registered by tasks.protocol.TaskFamily subclasses)
 
-FAMILIES: dict[str, Any] = {}
+FAMILIES: dict[str, Any] = {}  # the built-in families register when ``selectlens`` is imported
 ENTRY_POINT_GROUP = "selectlens.tasks"
 
 
@@ -90,15 +90,9 @@ def register_family(name: str, family: Any) -> None:
     FAMILIES[name] = family
 
 
-def _builtin_families() -> None:
-    import selectlens.tasks  # noqa: F401  (the package registers its families on import)
-
-
 def resolve_family(name: str) -> Any:
     """The family class for ``data.task``: a registered name, an import path ``pkg.mod:Class``, or an
     entry point in the group ``selectlens.tasks``. One :class:`ConfigError` line when none fits."""
-    if name not in FAMILIES and ":" not in name:
-        _builtin_families()
     if name in FAMILIES:
         return FAMILIES[name]
     if ":" in name:

@@ -13,6 +13,7 @@ import pkgutil
 
 from selectlens.baselines.suite import BaselineFit, BaselineSuite, Predictor, register_suite, suite_for
 from selectlens.baselines.common import candidate_predictions, context_errors, pointwise_loss, visible
+from selectlens.baselines.selection import *  # noqa: F401,F403
 from selectlens.baselines.selection import (
     SelectionFit, SelectionSuite, baseline_sees, fit_selection_baselines, fit_softmax_temperature, noise_floor_losses,
     training_temperature,

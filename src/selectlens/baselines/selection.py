@@ -41,7 +41,7 @@ __all__ = [
     "SEES", "SELECTION_BASELINE_SEES", "Predictor", "SelectionFit", "StackingFit", "baseline_sees",
     "bayes_full_information", "bayes_matched_ridge", "candidate", "candidate_average", "candidate_predictions",
     "context_errors", "context_softmax_ensemble", "context_stacking", "context_validation_select",
-    "fit_context_stacking", "fit_selection_baselines", "fit_softmax_temperature", "make_baselines",
+    "fit_context_stacking", "fit_selection_baselines", "fit_softmax_temperature",
     "noise_floor_losses", "oracle_select", "oracle_softmax_ensemble", "oracle_softmax_ensemble_original",
     "pointwise_loss", "training_temperature", "true_alpha_candidate", "visible",
 ]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from selectlens.fileio import atomic_write
+from selectlens.sweeps.store import read_sweep
 from selectlens.sweeps.trial import read_status, trial_dir
 
 REFERENCE_BASELINES = ("context_validation_select", "bayes_posterior_mixture")  # shown first
@@ -59,8 +60,6 @@ def trial_metrics(eval_result: dict[str, Any]) -> dict[str, float]:
 
 def collect(sweep_dir: Path) -> dict[str, Any]:
     """Every trial's status and metrics, plus the grid keys and baseline names (works on partial sweeps)."""
-    from selectlens.sweeps.engine import read_sweep
-
     spec, trials = read_sweep(sweep_dir)
     rows, baselines, not_honest = [], [], set()
     for t in trials:
@@ -71,13 +70,13 @@ def collect(sweep_dir: Path) -> dict[str, Any]:
         if row["status"] == "done" and path.is_file():
             ev = json.loads(path.read_text(encoding="utf-8"))
             row.update(trial_metrics(ev))
-            best = ev.get("tables", {}).get("mse", {}).get("best_honest")
+            best = ev.get("reference")
             if best:
                 row["best_honest"] = best
             for name, e in ev.get("predictors", {}).items():
                 if name != "model" and name not in baselines:
                     baselines.append(name)
-                if e.get("oracle") or e.get("sees", "honest") != "honest":
+                if e.get("sees", "honest") != "honest":
                     not_honest.add(name)
         elif row["status"] == "done":
             row["status"] = "done (no eval)"

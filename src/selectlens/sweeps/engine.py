@@ -33,17 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
-from selectlens.config import ConfigError, config_from_dict
-from selectlens.errors import InputError
 from selectlens.fileio import atomic_write, fsync_dir, probe_writable
-from selectlens.sweeps.spec import SpecError, SweepSpec, Trial, parse_spec, spec_yaml
+from selectlens.sweeps.aggregate import write_summary
+from selectlens.sweeps.spec import SweepSpec, Trial, spec_yaml
+from selectlens.sweeps.store import SweepDirError, read_sweep
 from selectlens.sweeps.trial import read_status, run_trial
-
-
-class SweepDirError(InputError):
-    """A sweep directory that cannot be created or resumed."""
 
 
 @dataclass
@@ -79,26 +74,6 @@ def create_sweep_dir(out: Path, spec: SweepSpec, trials: list[Trial], *, force: 
 
 def sweep_record(trials: list[Trial]) -> dict[str, Any]:
     return {"trials": [{"name": t.name, "point": t.point, "seed": t.seed, "config": t.config.to_dict()} for t in trials]}
-
-
-def read_sweep(out: Path) -> tuple[SweepSpec, list[Trial]]:
-    """The spec and trials of an existing sweep directory (for ``--resume`` and the reports)."""
-    out = Path(out)
-    if not (out / "spec.yaml").is_file() or not (out / "sweep.json").is_file():
-        raise SweepDirError(f"{out} is not a sweep directory (no spec.yaml / sweep.json)")
-    try:
-        spec = parse_spec(yaml.safe_load((out / "spec.yaml").read_text(encoding="utf-8")), base_dir=out)
-        trials = spec.trials()
-    except (SpecError, yaml.YAMLError) as e:
-        raise SweepDirError(f"{out / 'spec.yaml'}: {e}") from None
-    saved = json.loads((out / "sweep.json").read_text(encoding="utf-8"))["trials"]
-    if [(t["name"], t["point"], t["seed"]) for t in saved] != [(t.name, t.point, t.seed) for t in trials]:
-        raise SweepDirError(f"{out}: spec.yaml no longer gives the trials in sweep.json")
-    # each trial keeps the config it was started with (a newer SelectLens adds defaults for new keys)
-    try:
-        return spec, [Trial(t.name, t.point, t.seed, config_from_dict(s["config"], stored=True)) for t, s in zip(trials, saved)]
-    except ConfigError as e:
-        raise SweepDirError(f"{out / 'sweep.json'}: {e}") from None
 
 
 class _DriverLock:
@@ -145,8 +120,6 @@ def run_sweep(
             _run_on_ray(spec, out, pending, len(trials) - len(pending), address, max_concurrent, echo)
     finally:
         lock.release()
-    from selectlens.sweeps.aggregate import write_summary
-
     write_summary(out)
     return SweepResult(out, {t.name: read_status(out, t.name) for t in trials})
 

@@ -18,20 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from selectlens.fileio import atomic_write
+from selectlens.interpret.page import page, png
 from selectlens.sweeps.aggregate import collect, group_rows, group_table, shown_baselines, t_interval, trial_table
 
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}
 th{background:#f3f3f3}.missing{color:#b00}.fig{margin:1em 0}img{max-width:100%}"""
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _positions(values: list[Any]) -> tuple[list[float], list[str], bool]:
@@ -123,19 +115,13 @@ def render_sweep_html(sweep_dir: Path, data: dict[str, Any], groups: list[dict[s
     figs = "".join(
         f"<div class='fig'><img alt='{esc(title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'></div>"
         for title, png in pngs)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>SelectLens sweep: {esc(sweep_dir.name)}</title>
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<style>{CSS}</style></head><body>
-<h1>Sweep {esc(sweep_dir.name)}</h1>
+    return page(f"SelectLens sweep: {sweep_dir.name}", f"""<h1>Sweep {esc(sweep_dir.name)}</h1>
 <p id="status">{n_done} of {len(data['rows'])} trials finished{f"; {len(missing)} missing (marked in red)" if missing else ""}.
 Swept keys: {esc(', '.join(data['keys']) or '(seeds only)')}; seeds {esc(', '.join(map(str, data['seeds'])))}.
 Gap = baseline − model on the same held-out sequences (positive: the model is better).</p>
 <section id="plots"><h2>Metrics against each swept key</h2>{figs or '<p>No finished trial yet.</p>'}</section>
 <section id="grouped"><h2>Per grid point: mean across seeds [95% t-interval]</h2>{_table(rows_g, head_g)}</section>
-<section id="trials"><h2>Trials (paired 95% CIs)</h2>{_table(rows_t, head_t, missing)}</section>
-</body></html>
-"""
+<section id="trials"><h2>Trials (paired 95% CIs)</h2>{_table(rows_t, head_t, missing)}</section>""", style=CSS)
 
 
 def write_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -149,9 +135,9 @@ def write_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> 
         for metric, label in metrics:
             if data["keys"]:
                 for key in data["keys"]:
-                    pngs.append((f"{label} vs {key}", _png(metric_figure(groups, data["keys"], key, metric, label))))
+                    pngs.append((f"{label} vs {key}", png(metric_figure(groups, data["keys"], key, metric, label))))
             else:
-                pngs.append((f"{label} per seed", _png(seed_figure(data["rows"], metric, label))))
+                pngs.append((f"{label} per seed", png(seed_figure(data["rows"], metric, label))))
     path = Path(out) if out is not None else sweep_dir / "report.html"
     atomic_write(path, render_sweep_html(sweep_dir, data, groups, pngs).encode())
     return path

@@ -11,10 +11,11 @@ from selectlens.tasks.protocol import (
     DTYPES, Batch, PairedBatches, TaskFamily, known_tasks, make_generator, make_task, stream_seed, task_class,
 )
 from selectlens.tasks.selection import ClassificationTask, RegressionTask, SelectionTask, TaskBatch
+from selectlens.tasks.io import DataFileError, load_task_batch, save_task_batch
 from selectlens.tasks.raw import LinearOrLogisticTask, MixedNoiseRegressionTask, RawBatch, RawTask, interleave, per_example
 
 __all__ = [
-    "DTYPES", "Batch", "ClassificationTask", "LinearOrLogisticTask", "MixedNoiseRegressionTask", "PairedBatches",
+    "DTYPES", "Batch", "DataFileError", "load_task_batch", "save_task_batch", "ClassificationTask", "LinearOrLogisticTask", "MixedNoiseRegressionTask", "PairedBatches",
     "RawBatch", "RawTask", "RegressionTask", "SelectionTask", "TaskBatch", "TaskFamily", "interleave", "known_tasks",
     "logistic_fit", "logistic_probabilities", "make_generator", "make_task", "per_example", "ridge_predictions",
     "stream_seed", "task_class",

@@ -26,6 +26,7 @@ import torch
 
 from selectlens.config import ConfigError
 from selectlens.errors import SelectLensError
+from selectlens.train.plan import EpochPlan
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,6 @@ def check_batches_split(ctx: DistContext, n_train: int, batch_size: int) -> None
 
 def check_launch(config, nproc: int) -> None:
     """Refuse, before starting any process, a job whose batches cannot be split or that lacks GPUs."""
-    from selectlens.train.loop import EpochPlan
-
     plan = EpochPlan.from_config(config)
     check_batches_split(DistContext(0, nproc, 0), plan.n_train, plan.batch_size)
     if torch.device(config.device).type == "cuda" and nproc > torch.cuda.device_count():

@@ -34,6 +34,7 @@ from selectlens.tasks.protocol import (
 from selectlens.tasks.memory import check_memory, train_bytes
 from selectlens.train import distributed
 from selectlens.train.distributed import DistContext
+from selectlens.train.plan import EpochPlan
 from selectlens.train.sinks import MetricSinks
 
 
@@ -150,25 +151,6 @@ class TrainState:
             "temperature": getattr(self.baseline_fit, "temperature", 0.0),
             "baseline_fit": self.baseline_fit.as_dict() if self.baseline_fit else None,
         }
-
-
-@dataclass(frozen=True)
-class EpochPlan:
-    """How each epoch's fresh sequences are split and batched."""
-
-    n_seq: int  # sequences drawn per epoch
-    n_train: int  # of which train; the rest are the epoch's test split
-    batch_size: int
-    steps_per_epoch: int
-    total_steps: int
-
-    @classmethod
-    def from_config(cls, config: Config) -> "EpochPlan":
-        n_seq = config.data.train_samp_per_class
-        n_train = max(1, min(n_seq - 1, int(round(config.data.train_prop * n_seq))))
-        bs = config.training.batch_size
-        steps = math.ceil(n_train / bs)
-        return cls(n_seq, n_train, bs, steps, steps * config.training.epochs)
 
 
 def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainState:
