@@ -118,7 +118,7 @@ def test_bayes_matched_ridge_and_noise_floor():
 
 
 def test_bound_beats_every_honest_baseline_on_enough_data():
-    # Not a proof, a sanity check of the ordering the bound implies (20k sequences in DESIGN §4.1).
+    # Not a proof, a sanity check of the ordering the bound implies (docs/design.md#full-information-bound).
     from selectlens.baselines import fit_selection_baselines, make_baselines
 
     task = make_task(load_config("default"))

@@ -1,0 +1,421 @@
+"""Fill the marked tables of a docs page from run directories, sweep directories and ``bench --json`` files.
+
+A page marks each table it wants generated; everything between the markers is replaced::
+
+    <!-- table: default -->
+    (generated: the table, then a line naming the command and the machine)
+    <!-- /table -->
+
+Usage::
+
+    python scripts/results_tables.py docs/results.md --table default runs/default
+    python scripts/results_tables.py docs/results.md --table seeds sweeps/seeds --table context-length sweeps/N
+    python scripts/results_tables.py docs/benchmarks.md --table cpu bench/*.json --machine "2 idle CPU cores"
+    python scripts/results_tables.py docs/results.md --check --table default runs/default   # exit 1 if stale
+
+Only the regions named with ``--table`` are rewritten. What a region shows (its *view*) follows
+from its sources, or from ``view=`` in the marker, e.g. ``<!-- table: cls-logloss view=eval metric=bce -->``:
+
+* ``eval`` (run directories): per predictor, what it sees, the loss with its 95% CI and the paired
+  95% CI of (baseline − model), from ``eval.json`` (``metric=bce`` for the log-loss table of a
+  classification run); several runs get a ``run`` column;
+* ``excess`` (raw-data run directories): per σ / task group and n, the model's and the Bayes
+  mixture's squared error and the excess risk (model − Bayes)/Bayes with its CI;
+* ``sweep`` / ``sweep-trials`` (sweep directories): per grid point the mean across seeds with the
+  95% t-interval, or one row per trial (``selectlens.sweeps.aggregate``, as in ``summary.md``);
+* ``bench`` (``selectlens bench … --json`` files): one row per file, SelectLens against its reference;
+* ``efficiency`` (``bench train --json`` files): GFLOP/s, fraction of a matmul, the profile split;
+* ``noise-models`` (the ``--json`` output of ``scripts/noise_models_table.py``): its tables.
+
+Under each table the script writes the command that regenerates it, the command that produced its
+sources, and the machine: what the sources record (device, torch threads, CPUs) and ``--machine``,
+else the machine this script runs on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+REGION = re.compile(r"(<!-- table: (?P<name>[\w.-]+)(?P<opts>[^>]*?)-->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+class TableError(Exception):
+    """A source or page the script cannot use; printed as one ``error:`` line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# eval.json → rows. The one place that knows eval.json's schema.
+
+
+def eval_rows(eval_json: dict[str, Any], metric: str = "mse") -> list[dict[str, Any]]:
+    """One row per predictor of an ``eval.json``: ``predictor``, ``sees``, ``loss``, ``ci`` (95%),
+    ``diff`` and ``diff_ci`` (paired, baseline − model; None for the model), in eval's order.
+
+    Selection runs keep a table per metric under ``tables`` (``mse`` = squared error or Brier
+    score, ``bce`` = log-loss); raw-data runs have only ``predictors``, the squared error over all
+    x positions. Both give each predictor its mean (``mean`` or ``mse``), ``ci_low``/``ci_high``,
+    ``sees`` and, for baselines, ``paired_diff``/``paired_diff_ci``.
+    """
+    tables = eval_json.get("tables")
+    if tables is not None:
+        if metric not in tables:
+            raise TableError(f"eval.json has no {metric!r} table (has {', '.join(tables)})")
+        predictors = tables[metric]["predictors"]
+    elif metric == "mse":
+        predictors = eval_json["predictors"]
+    else:
+        raise TableError(f"eval.json of a {eval_json.get('task')} run has only the squared error, not {metric!r}")
+    rows = []
+    for name, e in predictors.items():
+        mean = e["mean"] if "mean" in e else e["mse"]
+        diff = e.get("paired_diff")
+        rows.append({
+            "predictor": name,
+            "sees": "" if name == "model" else e.get("sees", ""),
+            "loss": float(mean),
+            "ci": (float(e["ci_low"]), float(e["ci_high"])),
+            "diff": None if diff is None else float(diff),
+            "diff_ci": None if diff is None else (float(e["paired_diff_ci"][0]), float(e["paired_diff_ci"][1])),
+        })
+    rows.sort(key=lambda r: r["predictor"] != "model")  # the model first, the rest in eval's order
+    return rows
+
+
+def metric_label(eval_json: dict[str, Any], metric: str) -> str:
+    tables = eval_json.get("tables")
+    if tables is not None:
+        return tables[metric]["metric_name"]
+    return "squared error, all positions"
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _f(v: float, spec: str = ".5f") -> str:
+    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def _ci(lo: float, hi: float, spec: str = ".5f") -> str:
+    if any(isinstance(v, float) and math.isnan(v) for v in (lo, hi)):
+        return "(n<2)"
+    return f"[{_f(lo, spec)}, {_f(hi, spec)}]"
+
+
+def _verdict(lo: float, hi: float) -> str:
+    return "model better" if lo > 0 else ("baseline better" if hi < 0 else "not significant")
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    esc = [[c.replace("|", "\\|") for c in r] for r in [head, *rows]]
+    return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in esc[1:])]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TableError(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Views: each returns (markdown lines, source command, what the sources record about the machine)
+
+
+def view_eval(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    metric = opts.get("metric", "mse")
+    evals = [(s, _read_json(s / "eval.json")) for s in sources]
+    label = metric_label(evals[0][1], metric)
+    many = len(evals) > 1
+    head = (["run"] if many else []) + ["predictor", "sees", f"{label} [95% CI]", "baseline − model [paired 95% CI]"]
+    rows = []
+    for src, ev in evals:
+        for r in eval_rows(ev, metric):
+            name = f"**{r['predictor']}**" if r["predictor"] == "model" else r["predictor"]
+            paired = "" if r["diff"] is None else (
+                f"{_f(r['diff'], '+.5f')} {_ci(*r['diff_ci'], '+.5f')} {_verdict(*r['diff_ci'])}")
+            rows.append(([src.name] if many else []) + [name, r["sees"], f"{_f(r['loss'])} {_ci(*r['ci'])}", paired])
+    cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))} --sequences {ev['sequences']}" for s, ev in evals)
+    return _table(head, rows), cmds, _run_devices(sources)
+
+
+def view_excess(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    rows = []
+    for src in sources:
+        ev = _read_json(src / "eval.json")
+        if ev.get("layout") != "interleaved":
+            raise TableError(f"{src}: view excess needs a raw-data run (eval.json of a {ev.get('task')} run)")
+        ns = [int(n) for n in opts["positions"].split(",")] if "positions" in opts else ev["table_positions"]
+        ref = ev["reference"]
+        for g, res in ev["groups"].items():
+            if "excess_risk_ratio" not in res:
+                continue
+            model, bayes, ratio = res["predictors"]["model"]["mse"], res["predictors"][ref]["mse"], res["excess_risk_ratio"]
+            for n in ns:
+                rows.append(([src.name] if len(sources) > 1 else []) + [
+                    g, str(n), f"{_f(model['mean'][n], '.4f')} {_ci(model['ci_low'][n], model['ci_high'][n], '.4f')}",
+                    _f(bayes["mean"][n], ".4f"),
+                    f"{_f(ratio['mean'][n], '+.3f')} {_ci(ratio['ci_low'][n], ratio['ci_high'][n], '+.3f')}"])
+    head = (["run"] if len(sources) > 1 else []) + [
+        "group", "n", "model MSE [95% CI]", "Bayes mixture MSE", "(model − Bayes)/Bayes [95% CI]"]
+    cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))}" for s in sources)
+    return _table(head, rows), cmds, _run_devices(sources)
+
+
+def _sweep_view(sources: list[Path], per_trial: bool) -> tuple[list[str], str, str]:
+    from selectlens.sweeps.aggregate import collect, group_rows, group_table, trial_table
+
+    lines: list[str] = []
+    for src in sources:
+        data = collect(src)
+        head, rows = trial_table(data) if per_trial else group_table(data, group_rows(data))
+        if len(sources) > 1:
+            lines += [f"**{src.name}**", ""]
+        lines += _table(head, rows) + ([""] if len(sources) > 1 else [])
+    cmds = "; ".join(f"selectlens sweep {shlex.quote(str(s / 'spec.yaml'))} --out {shlex.quote(str(s))}" for s in sources)
+    return lines, cmds, _run_devices([t for s in sources for t in sorted((s / "trials").glob("*"))[:1]])
+
+
+def view_sweep(sources, opts):
+    return _sweep_view(sources, per_trial=False)
+
+
+def view_sweep_trials(sources, opts):
+    return _sweep_view(sources, per_trial=True)
+
+
+def bench_kind(result: dict[str, Any]) -> str:
+    """Which ``selectlens bench`` wrote this JSON: datagen, train, baselines or sweep."""
+    if "ray_s" in result:
+        return "sweep"
+    if "max_abs_diff" in result:
+        return "baselines"
+    if "flops_per_sequence" in result:
+        return "train"
+    if "ours_seq_per_s" in result:
+        return "datagen"
+    raise TableError("not the JSON of a `selectlens bench` command")
+
+
+def bench_command(result: dict[str, Any]) -> str:
+    """The ``selectlens bench`` command line that produces ``result`` (from the settings it records)."""
+    kind = bench_kind(result)
+    dev = str(result.get("device", "cpu")).split(" ")[0]
+    device = [] if dev == "cpu" else ["--device", dev]
+    if kind == "datagen":
+        args = ["--task", result["task"], "--sequences", str(result["sequences"]),
+                "--reference-sequences", str(result["reference_sequences"])] + device
+    elif kind == "train":
+        preset = result.get("config", "default")
+        args = [] if preset == "default" else ["--config", preset]
+        args += _recorded_overrides(preset, {"data.train_samp_per_class": result["sequences_per_epoch"],
+                                             "training.batch_size": result["batch_size"]})
+        args += ["--set", "training.compile=true"] * bool(result["compile"])
+        args += ["--set", "training.fused_adam=true"] * bool(result["fused_adam"])
+        args += ["--reference-sequences", str(result["reference_sequences"])] + device
+    elif kind == "baselines":
+        args = ["--d", str(result["d"]), "--N", str(result["N"]),
+                "--noise-levels", ",".join(f"{s:g}" for s in result["noise_levels"]),
+                "--sequences", str(result["sequences"]), "--reference-sequences", str(result["reference_sequences"]),
+                "--threads", str(result["torch_threads"])] + device
+    else:
+        args = ["--trials", str(result["trials"])]
+    return shlex.join(["selectlens", "bench", kind, *args, "--json"])
+
+
+def _recorded_overrides(preset: str, recorded: dict[str, Any]) -> list[str]:
+    """``--set`` flags for the recorded settings that differ from ``preset``'s (when it loads)."""
+    from selectlens.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(preset).to_dict()
+    except (ConfigError, OSError):
+        return []
+    out = []
+    for key, value in recorded.items():
+        section, field = key.split(".")
+        if cfg[section][field] != value:
+            out += ["--set", f"{key}={value}"]
+    return out
+
+
+def _bench_machine(r: dict[str, Any]) -> str:
+    if "cpus" in r:
+        return f"{r['cpus']} CPUs, {r['cpus_per_trial']:g} per trial"
+    threads = r.get("torch_threads", "?")
+    return f"{r.get('device', 'cpu')}, {threads} torch thread{'' if threads == 1 else 's'}"
+
+
+def view_bench(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    head = ["benchmark", "device", "SelectLens", "reference", "ratio"]
+    rows, cmds = [], []
+    for src in sources:
+        r = _read_json(src)
+        kind = bench_kind(r)
+        cmds.append(bench_command(r))
+        if kind == "sweep":
+            ours, ref = f"Ray Tune {r['ray_s']:.1f} s", f"sequential CLI {r['cli_s']:.1f} s"
+        else:
+            ours, ref = f"{r['ours_seq_per_s']:,.0f} seq/s", f"{r['reference_seq_per_s']:,.1f} seq/s"
+        rows.append([f"`{bench_command(r)}`", _bench_machine(r), ours, ref, f"{r['ratio']:,.2f}×"])
+    return _table(head, rows), "the commands in the first column", ""
+
+
+def view_efficiency(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    head = ["step", "seq/s (full epoch)", "MFLOP per training sequence", "GFLOP/s", "matmul GFLOP/s",
+            "fraction of the matmul", "profile"]
+    rows, cmds = [], []
+    for src in sources:
+        r = _read_json(src)
+        if bench_kind(r) != "train":
+            continue
+        cmds.append(bench_command(r))
+        step = ("torch.compile" if r["compile"] else "eager") + (", fused Adam" if r["fused_adam"] else ", for-loop Adam")
+        profile = " / ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in r["profile"].items())
+        rows.append([step, f"{r['ours_seq_per_s']:,.0f}", f"{r['flops_per_sequence'] / 1e6:.2f}",
+                     f"{r['achieved_gflops']:.1f}", f"{r['matmul_gflops']:.1f}", f"{r['matmul_fraction']:.1%}", profile])
+    if not rows:
+        raise TableError("view efficiency needs `selectlens bench train --json` outputs")
+    return _table(head, rows), "; ".join(cmds), "; ".join(dict.fromkeys(_bench_machine(_read_json(s)) for s in sources))
+
+
+def view_noise_models(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from noise_models_table import markdown
+
+    lines: list[str] = []
+    for src in sources:
+        result = _read_json(src)
+        lines += markdown(result).rstrip("\n").splitlines()
+    runs = " ".join(shlex.quote(r) for s in sources for r in _read_json(s)["runs"])
+    return lines, f"python scripts/noise_models_table.py {runs} --json OUT.json", ""
+
+
+VIEWS = {"eval": view_eval, "excess": view_excess, "sweep": view_sweep, "sweep-trials": view_sweep_trials,
+         "bench": view_bench, "efficiency": view_efficiency, "noise-models": view_noise_models}
+
+
+def default_view(sources: list[Path]) -> str:
+    first = sources[0]
+    if (first / "sweep.json").is_file():
+        return "sweep"
+    if (first / "eval.json").is_file():
+        return "eval"
+    if first.is_file() and first.suffix == ".json":
+        return "noise-models" if "table" in _read_json(first) and "runs" in _read_json(first) else "bench"
+    raise TableError(f"{first}: not a run directory with eval.json, a sweep directory or a JSON file")
+
+
+def _run_devices(runs: list[Path]) -> str:
+    devices = []
+    for run in runs:
+        try:
+            devices.append(json.loads((run / "config.json").read_text(encoding="utf-8"))["device"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return "device " + ", ".join(dict.fromkeys(devices)) if devices else ""
+
+
+def this_machine() -> str:
+    """The machine this script runs on, in a few words (deterministic, no dates)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{platform.system()} {cpu}, {os.cpu_count()} CPUs{gpu}, torch {torch.__version__.split('+')[0]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def _opts(text: str) -> dict[str, str]:
+    out = {}
+    for part in text.split():
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise TableError(f"marker option {part!r} is not key=value")
+        out[key] = value
+    return out
+
+
+def render_region(page: Path, name: str, sources: list[Path], opts: dict[str, str], machine: str | None) -> str:
+    """The generated body of region ``name``: the table, then one line with the commands and the machine."""
+    for s in sources:
+        if not s.exists():
+            raise TableError(f"--table {name}: {s} does not exist")
+    view = opts.get("view") or default_view(sources)
+    if view not in VIEWS:
+        raise TableError(f"table {name}: unknown view {view!r} (one of {', '.join(VIEWS)})")
+    lines, source_cmd, recorded = VIEWS[view](sources, opts)
+    regen = shlex.join(["python", "scripts/results_tables.py", str(page), "--table", name, *map(str, sources)]
+                       + (["--machine", machine] if machine else []))
+    where = machine or f"{this_machine()} (where the table was generated)"
+    machine_text = f"{recorded}; {where}" if recorded else where
+    made_by = source_cmd if source_cmd.startswith("the ") else f"`{source_cmd}`"
+    footer = (f"<small>Regenerate: `{regen}`. Sources from: {made_by}. "
+              f"Machine: {machine_text}.</small>")
+    return "\n".join([*lines, "", footer, ""])
+
+
+def fill_page(text: str, page: Path, tables: dict[str, list[Path]], machine: str | None) -> str:
+    """``text`` with each region named in ``tables`` regenerated; unknown names are an error."""
+    found = {m.group("name") for m in REGION.finditer(text)}
+    missing = [n for n in tables if n not in found]
+    if missing:
+        raise TableError(f"{page} has no region <!-- table: {missing[0]} --> (has: {', '.join(sorted(found)) or 'none'})")
+
+    def replace(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in tables:
+            return m.group(0)
+        body = render_region(page, name, tables[name], _opts(m.group("opts")), machine)
+        return m.group(1) + body + m.group(5)
+
+    return REGION.sub(replace, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("page", type=Path, help="the Markdown page with <!-- table: NAME --> … <!-- /table --> regions")
+    p.add_argument("--table", nargs="+", action="append", metavar=("NAME", "SOURCE"), required=True,
+                   help="a region's name and its sources: run directories, sweep directories or JSON files")
+    p.add_argument("--machine", default=None, help="the machine the sources were made on, in words "
+                   "(default: this machine's platform, CPU count and GPU)")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a region is out of date")
+    a = p.parse_args(argv)
+    tables: dict[str, list[Path]] = {}
+    for name, *sources in a.table:
+        if not sources:
+            p.error(f"--table {name} needs at least one source")
+        tables[name] = [Path(s) for s in sources]
+    try:
+        old = a.page.read_text(encoding="utf-8")
+        new = fill_page(old, a.page, tables, a.machine)
+    except (TableError, OSError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.check:
+        if new != old:
+            print(f"{a.page}: out of date in {', '.join(tables)}", file=sys.stderr)
+            return 1
+        return 0
+    if new != old:
+        tmp = a.page.with_name(f".{a.page.name}.tmp")
+        tmp.write_text(new, encoding="utf-8")
+        os.replace(tmp, a.page)
+    print(f"{a.page}: regenerated {', '.join(tables)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

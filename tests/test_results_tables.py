@@ -1,0 +1,166 @@
+"""scripts/results_tables.py: docs tables regenerated from runs and bench outputs, checked against
+the numbers in the sources read independently of the script."""
+
+import importlib.util
+import json
+import re
+
+import pytest
+
+from conftest import ROOT, TINY_RUN, run_cli
+
+SCRIPT = ROOT / "scripts" / "results_tables.py"
+NUM = r"[-+]?\d[\d,]*\.?\d*"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("results_tables", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A tiny regression run made with the CLI: train, then eval (no interpret)."""
+    run = tmp_path_factory.mktemp("results") / "tiny"
+    sets = [a for o in TINY_RUN for a in ("--set", o)]
+    res = run_cli("train", "--out", str(run), "--quiet", *sets)
+    assert res.returncode == 0, res.stderr
+    res = run_cli("eval", "--run", str(run))
+    assert res.returncode == 0, res.stderr
+    return run
+
+
+def _page(tmp_path, *regions: str) -> str:
+    text = "# Page\n\nText before.\n\n"
+    for r in regions:
+        text += f"<!-- table: {r} -->\n*Not generated yet.*\n<!-- /table -->\n\nText between.\n\n"
+    return text
+
+
+def _rows(markdown: str, region: str) -> list[list[str]]:
+    body = re.search(rf"<!-- table: {region}[^>]*-->\n(.*?)<!-- /table -->", markdown, re.S).group(1)
+    lines = [line for line in body.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[1:]]  # without the header
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(v.replace(",", "")) for v in re.findall(NUM, cell)]
+
+
+def test_eval_table_matches_eval_json(small_run, tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text(_page(tmp_path, "default view=eval", "other"))
+    res = _run_script(page, "--table", "default", str(small_run), "--machine", "test machine")
+    assert res.returncode == 0, res.stderr
+    text = page.read_text()
+    ev = json.loads((small_run / "eval.json").read_text())
+    preds = ev["predictors"]
+    rows = _rows(text, "default")
+    assert [r[0].strip("*") for r in rows] == ["model"] + [n for n in preds if n != "model"]
+    for name, sees, loss, paired in rows:
+        e = preds[name.strip("*")]
+        mean, lo, hi = _numbers(loss)
+        assert mean == pytest.approx(e["mse"], abs=5e-6)
+        assert (lo, hi) == pytest.approx((e["ci_low"], e["ci_high"]), abs=5e-6)
+        if name.strip("*") == "model":
+            assert paired == "" and sees == ""
+            continue
+        assert sees == e["sees"]
+        d, dlo, dhi = _numbers(paired)
+        assert (d, dlo, dhi) == pytest.approx((e["paired_diff"], *e["paired_diff_ci"]), abs=5e-6)
+        verdict = "model better" if dlo > 0 else ("baseline better" if dhi < 0 else "not significant")
+        assert paired.endswith(verdict)
+    # the footer names the command that regenerates the table, the eval command and the machine
+    assert f"--table default {small_run}" in text
+    assert f"selectlens eval --run {small_run} --sequences {ev['sequences']}" in text
+    assert "Machine: device cpu; test machine." in text
+    # the unnamed region and the text around the regions are left as they were
+    assert "<!-- table: other -->\n*Not generated yet.*\n<!-- /table -->" in text
+    assert text.startswith("# Page\n\nText before.\n\n") and text.count("Text between.") == 2
+    # regenerating is idempotent, and --check agrees
+    before = page.read_text()
+    assert _run_script(page, "--check", "--table", "default", str(small_run), "--machine", "test machine").returncode == 0
+    assert _run_script(page, "--table", "default", str(small_run), "--machine", "test machine").returncode == 0
+    assert page.read_text() == before
+
+
+def test_check_reports_a_stale_table(small_run, tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text(_page(tmp_path, "default"))
+    res = _run_script(page, "--check", "--table", "default", str(small_run))
+    assert res.returncode == 1 and "out of date" in res.stderr
+    assert "Not generated yet" in page.read_text()  # --check writes nothing
+
+
+def test_unknown_region_and_missing_source_are_one_line_errors(small_run, tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text(_page(tmp_path, "default"))
+    for args in (["--table", "nope", str(small_run)], ["--table", "default", str(tmp_path / "absent")]):
+        res = _run_script(page, *args)
+        assert res.returncode == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
+
+
+def test_eval_rows_reads_the_raw_schema():
+    """Raw runs' eval.json (context_length_result): the all-position summary, model first."""
+    import torch
+
+    from selectlens.baselines.raw import make_raw_baselines
+    from selectlens.config import load_config
+    from selectlens.evaluate.context_length import context_length_result
+    from selectlens.tasks import make_generator, make_task
+
+    task = make_task(load_config("mixed_noise_cpu"))
+    batch = task.sample(64, make_generator(0))
+    preds = {"model": torch.zeros_like(batch.target), **{n: f(batch) for n, f in make_raw_baselines(task).items()}}
+    ev = json.loads(json.dumps(context_length_result(preds, batch, task=task.name, seed=0)))
+    rows = _script().eval_rows(ev)
+    assert [r["predictor"] for r in rows] == list(preds)
+    for r in rows:
+        per_seq = ((preds[r["predictor"]].double() - batch.target.double()) ** 2).mean(1)
+        assert r["loss"] == pytest.approx(float(per_seq.mean()), rel=1e-9)
+        if r["predictor"] != "model":
+            model = (batch.target.double() ** 2).mean(1)
+            assert r["diff"] == pytest.approx(float((per_seq - model).mean()), rel=1e-9, abs=1e-12)
+    with pytest.raises(Exception, match="only the squared error"):
+        _script().eval_rows(ev, "bce")
+
+
+def test_bench_table_names_the_command_that_made_each_row(tmp_path):
+    res = run_cli("bench", "baselines", "--sequences", "64", "--reference-sequences", "4", "--json")
+    assert res.returncode == 0, res.stderr
+    src = tmp_path / "baselines.json"
+    src.write_text(res.stdout)
+    r = json.loads(res.stdout)
+    page = tmp_path / "benchmarks.md"
+    page.write_text(_page(tmp_path, "cpu"))
+    assert _run_script(page, "--table", "cpu", str(src)).returncode == 0
+    (cmd, device, ours, ref, ratio), = _rows(page.read_text(), "cpu")
+    assert cmd.strip("`") == ("selectlens bench baselines --d 5 --N 20 --noise-levels 0.1,0.5 --sequences 64 "
+                              "--reference-sequences 4 --threads 1 --json")
+    assert device == "cpu, 1 torch thread"
+    assert _numbers(ours)[0] == pytest.approx(r["ours_seq_per_s"], abs=0.5)
+    assert _numbers(ref)[0] == pytest.approx(r["reference_seq_per_s"], abs=0.05)
+    assert _numbers(ratio)[0] == pytest.approx(r["ratio"], abs=0.005)
+
+
+def test_docs_pages_mark_every_table_with_a_known_view():
+    mod = _script()
+    for name in ("results.md", "benchmarks.md"):
+        text = (ROOT / "docs" / name).read_text()
+        regions = list(mod.REGION.finditer(text))
+        assert regions, name
+        for m in regions:
+            opts = mod._opts(m.group("opts"))
+            assert opts.get("view") in mod.VIEWS, (name, m.group("name"))
+        outside = mod.REGION.sub("", text)
+        assert "| model" not in outside and "seq/s |" not in outside, f"{name}: a results table outside the marked regions"
+
+
+def _run_script(page, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(SCRIPT), str(page), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
