@@ -18,7 +18,7 @@ def test_agreement_distances_recomputed_with_numpy():
     torch.manual_seed(0)
     model = SelectionTransformer(ModelSpec.from_config(cfg))
     out = algorithm_agreement(model, task, batch)
-    m = model.predict_x_positions(batch.tokens).double().numpy()
+    m = model.predict_positions(batch.tokens, task.readout).double().numpy()
     from selectlens.baselines.raw import make_raw_baselines
 
     preds = {k: fn(batch).double().numpy() for k, fn in make_raw_baselines(task).items()}
@@ -48,11 +48,13 @@ def test_agreement_distances_recomputed_with_numpy():
 
 def test_agreement_is_zero_for_a_baseline_against_itself():
     cfg = load_config("mixed_noise_cpu", ["data.N=6"])
-    batch = make_task(cfg).sample(50, make_generator(1))
+    task = make_task(cfg)
+    batch = task.sample(50, make_generator(1))
+    groups, ref = task.groups(batch), "bayes_posterior_mixture"
     x = torch.randn(50, 6)
-    out = agreement_result(x, {"same": x.clone(), "other": x + 2.0}, batch)
+    out = agreement_result(x, {"same": x.clone(), "other": x + 2.0}, groups, {}, ref)
     assert out["groups"]["all"]["distance"]["same"]["mean"] == [0.0] * 6
     np.testing.assert_allclose(out["groups"]["all"]["distance"]["other"]["mean"], [4.0] * 6, rtol=1e-6)
     assert out["groups"]["all"]["closest"] == ["same"] * 6
-    zero = agreement_result(torch.zeros(50, 6), {"other": x}, batch)
+    zero = agreement_result(torch.zeros(50, 6), {"other": x}, groups, {}, ref)
     assert zero["groups"]["all"]["closest"] == ["prior_mean_zero"] * 6

@@ -8,7 +8,7 @@ from selectlens.baselines import (
     fit_softmax_temperature, make_baselines, oracle_select, oracle_softmax_ensemble, oracle_softmax_ensemble_original,
     pointwise_loss, true_alpha_candidate,
 )
-from selectlens.tasks.generators import TaskBatch
+from selectlens.tasks.selection import TaskBatch
 
 
 def _batch():

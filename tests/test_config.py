@@ -71,7 +71,7 @@ def test_overrides_are_dotted_and_typed():
 @pytest.mark.parametrize(
     "raw, fragment",
     [
-        ({"data": {"Nn": 3}}, "unknown config key data.Nn (did you mean data.N?)"),
+        ({"data": {"Nn": 3}}, "unknown config key data.Nn for data.task selection (did you mean data.N?)"),
         ({"trainng": {}}, "unknown config key trainng (did you mean training?)"),
         ({"data": {"N": 1}}, "data.N"),
         ({"data": {"N": "many"}}, "data.N"),

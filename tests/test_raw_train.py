@@ -13,7 +13,7 @@ from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 from selectlens.rundir import checkpoint_dirs, load_run_model, read_jsonl
 from selectlens.tasks import load_task_batch, make_generator, make_task
 from selectlens.train import train
-from selectlens.train.raw import evaluate_raw_split, raw_batch_loss
+from selectlens.train.loop import batch_loss, evaluate_split
 
 TINY = ["data.N=6", "data.d_d=3", "data.train_samp_per_class=200", "training.batch_size=32",
         "training.save_every_epochs=2", "training.warmup_steps=0", "model.n_embd=16", "model.n_layer=2",
@@ -34,30 +34,32 @@ def _model_and_batch(cfg, n=10):
 def test_loss_over_all_or_last_x_positions_matches_numpy():
     cfg = _cfg()
     model, batch = _model_and_batch(cfg)
+    readout = make_task(cfg).readout
     raw = model(batch.tokens).raw.detach().numpy()  # [B, 2N]
     err = (raw[:, 0::2] - batch.target.numpy()) ** 2  # x-tokens are the even positions
     assert raw.shape == (10, 12)
-    np.testing.assert_allclose(raw_batch_loss(model, batch.tokens, batch.target, "all").item(), err.mean(), rtol=1e-5)
-    np.testing.assert_allclose(raw_batch_loss(model, batch.tokens, batch.target, "last").item(), err[:, -1].mean(), rtol=1e-5)
+    np.testing.assert_allclose(batch_loss(model, batch.tokens, batch.target, readout, "mse", "all").item(), err.mean(), rtol=1e-5)
+    np.testing.assert_allclose(batch_loss(model, batch.tokens, batch.target, readout, "mse", "last").item(), err[:, -1].mean(), rtol=1e-5)
     # "last" reads only position 2N−2: its gradient does not reach the read-out through the other positions.
     target = batch.target.clone()
     target[:, :-1] += 100.0
-    assert raw_batch_loss(model, batch.tokens, target, "last").item() == pytest.approx(err[:, -1].mean(), rel=1e-5)
+    assert batch_loss(model, batch.tokens, target, readout, "mse", "last").item() == pytest.approx(err[:, -1].mean(), rel=1e-5)
 
 
 def test_evaluate_raw_split_scores_model_and_baselines_on_same_sequences():
     cfg = _cfg("linear_or_logistic_cpu")
     model, batch = _model_and_batch(cfg, 40)
-    baselines = make_raw_baselines(make_task(cfg))
-    out = evaluate_raw_split(model, batch, baselines, "all")
-    pred = model.predict_x_positions(batch.tokens).numpy()
+    task = make_task(cfg)
+    baselines = make_raw_baselines(task)
+    out = evaluate_split(model, task, batch, baselines, "mse", "all")
+    pred = model.predict_positions(batch.tokens, task.readout).numpy()
     y = batch.target.numpy()
     assert out["test_loss"] == pytest.approx(((pred - y) ** 2).mean(), rel=1e-5)
     assert out["test_loss_last"] == pytest.approx(((pred[:, -1] - y[:, -1]) ** 2).mean(), rel=1e-5)
     assert set(out["baselines"]) == set(baselines) and "type_detector" in out["baselines"]
     avg = np.einsum("bnd,bd->bn", batch.x.numpy(), np.zeros((40, 3)))  # averaging predicts 0 at n = 0
     np.testing.assert_allclose(baselines["averaging"](batch).numpy()[:, 0], avg[:, 0])
-    last = evaluate_raw_split(model, batch, baselines, "last")
+    last = evaluate_split(model, task, batch, baselines, "mse", "last")
     ls = baselines["bayes_posterior_mixture"](batch).numpy()
     assert last["baselines"]["bayes_posterior_mixture"] == pytest.approx(((ls[:, -1] - y[:, -1]) ** 2).mean(), rel=1e-5)
 
@@ -97,9 +99,9 @@ def test_cli_data_train_predict_round_trip(cli, tmp_path):
     res = cli("predict", "--run", str(run), "--data", str(data), "--out", str(out))
     assert res.returncode == 0, res.stderr
     pred = load_file(out)["prediction"]
-    model, _ = load_run_model(run)
+    model, model_cfg = load_run_model(run)
     batch, _ = load_task_batch(data)
-    expected = model.predict_x_positions(batch.tokens)
+    expected = model.predict_positions(batch.tokens, make_task(model_cfg).readout)
     assert pred.shape == (25, 6) and torch.allclose(pred, expected, atol=1e-6)
     printed = float(re.search(r"MSE over all x positions: ([0-9.]+)", res.stdout).group(1))
     assert printed == pytest.approx(((expected - batch.target) ** 2).mean().item(), abs=1e-5)

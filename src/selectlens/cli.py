@@ -31,10 +31,52 @@ def _emit_json(obj: object) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+#: The order a new user meets the commands in (``selectlens --help`` lists them so).
+COMMAND_ORDER = ["run", "tasks", "data", "train", "eval", "interpret", "predict", "sweep", "sweep-report", "import",
+                 "export-tl", "bench"]
+
+#: One example per command, shown at the end of its ``--help``.
+EXAMPLES = {
+    "run": "selectlens run --config default --out runs/a",
+    "tasks": "selectlens tasks",
+    "data": "selectlens data --config mixed_noise_cpu --sequences 1000 --out d.safetensors",
+    "train": "selectlens train --config default --out runs/a --max-minutes 10",
+    "eval": "selectlens eval --run runs/a --json",
+    "interpret": "selectlens interpret --run runs/a --sequences 512",
+    "predict": "selectlens predict --run runs/a --data d.safetensors --out pred.safetensors",
+    "sweep": "selectlens sweep configs/sweeps/seeds.yaml --out sweeps/s --max-concurrent 2",
+    "sweep-report": "selectlens sweep-report sweeps/s",
+    "import": "selectlens import --checkpoint model.pth --config model_selection --out runs/old",
+    "export-tl": "selectlens export-tl --run runs/a --out runs/a-tl",
+    "bench": "selectlens bench datagen --task regression --json",
+}
+
+
+class _OrderedGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        known = [c for c in COMMAND_ORDER if c in self.commands]
+        return known + sorted(c for c in self.commands if c not in known)
+
+
+@click.group(cls=_OrderedGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="selectlens")
 def cli() -> None:
     """SelectLens: in-context model-selection tasks, transformers, baselines, interpretability."""
+
+
+@cli.command()
+def tasks() -> None:
+    """List the task families (values of data.task) with their own data keys."""
+    from selectlens.config import FAMILIES, DataConfig
+
+    common = set(DataConfig.model_fields)
+    for name in sorted(FAMILIES):
+        family = FAMILIES[name]
+        own = [k for k in family.Data.model_fields if k not in common]
+        doc = (family.__doc__ or "").strip().splitlines()[0] if family.__doc__ else ""
+        click.echo(f"{name}: {doc}")
+        click.echo(f"    keys: {', '.join(own) or '(only the common ones)'}")
+    click.echo(f"common data keys: {', '.join(sorted(common))}; your own family: data.task: package.module:Class")
 
 
 @cli.command()
@@ -542,6 +584,11 @@ def _one_line(message: str) -> str:
 
 def _error(message: str) -> None:
     click.echo(f"error: {_one_line(message)}", err=True)
+
+
+for _name, _example in EXAMPLES.items():
+    if _name in cli.commands:
+        cli.commands[_name].epilog = f"Example: {_example}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -183,7 +183,7 @@ def stored_data(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class ModelConfig(_Section):
-    """GPT-2 backbone size (DESIGN §1.3)."""
+    """GPT-2 backbone size (docs/design.md#model)."""
 
     family: Literal["gpt2"] = Field("gpt2", description="Backbone family; only gpt2.")
     n_embd: int = Field(64, gt=0, description="Residual stream width.")

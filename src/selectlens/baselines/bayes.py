@@ -1,4 +1,4 @@
-"""Reference predictors for the regression selection task that see more than the tokens (DESIGN §4.1).
+"""Reference predictors for the regression selection task that see more than the tokens (docs/design.md#full-information-bound).
 
 * :func:`bayes_full_information` — a **bound**: the exact posterior-mean predictor given x_train,
   y_train and the N−1 visible test pairs (x and y), under the true prior ``w ~ N(0, I_d)`` and noise

@@ -1,4 +1,4 @@
-"""Exact baselines for the raw-data (interleaved) tasks, every prefix at once (DESIGN §4.2).
+"""Exact baselines for the raw-data (interleaved) tasks, every prefix at once (docs/design.md#raw-baselines).
 
 Every predictor is ``predict(batch: RawBatch) -> Tensor [B, N]``: entry ``[b, i]`` predicts
 ``y_i`` at x-token i from the i earlier pairs ``(x_0, y_0) … (x_{i−1}, y_{i−1})``, like the
@@ -20,7 +20,7 @@ Ridge and the Bayes mixture run as a recursive-least-squares (Kalman) filter ove
 sequence: one rank-one Sherman–Morrison update of ``A⁻¹ = (XᵀX + λI)⁻¹`` per pair (batch-last
 layout, so each update is a handful of long vector operations), the
 ridge weights, the penalised residual ``‖Y‖² − YᵀX A⁻¹ XᵀY`` and ``log det(I + XᵀX/λ)``
-(matrix determinant lemma) carried along. That is the same quantity as DESIGN §4.2's
+(matrix determinant lemma) carried along. That is the same quantity as docs/design.md#bayes-mixture's
 cumulative sums + a batched solve per prefix, in exact arithmetic, at a fifth of the cost
 and O(B·K·d²) memory instead of O(B·N·K·d²) (tests: within 1e-9 of direct per-prefix solves).
 """
@@ -126,7 +126,7 @@ def _ridge_filter_chunk(x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tens
 def noise_log_evidence(rss: Tensor, logdet: Tensor, sigmas: Tensor) -> Tensor:
     """``[B, N, K]`` log marginal likelihood of each prefix under each noise level, up to a
     constant shared by the levels: ``Y ~ N(0, XXᵀ/d + σ_k² I_n)`` gives
-    ``−rss_k/(2σ_k²) − ½[n log σ_k² + log det(I_d + XᵀX/(dσ_k²))]`` (DESIGN §4.2), where
+    ``−rss_k/(2σ_k²) − ½[n log σ_k² + log det(I_d + XᵀX/(dσ_k²))]`` (docs/design.md#bayes-mixture), where
     ``rss``/``logdet`` come from ``ridge_filter`` at λ_k = dσ_k²."""
     s2 = _f64(sigmas).to(rss.device) ** 2  # [K]
     n = torch.arange(rss.shape[1], dtype=torch.float64, device=rss.device).view(1, -1, 1)

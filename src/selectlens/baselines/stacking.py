@@ -1,5 +1,5 @@
 """Context stacking: per sequence, regress the N−1 visible labels on the candidates' predictions and
-predict the last token (DESIGN §4.1). An honest baseline — it sees only the tokens.
+predict the last token (docs/design.md#context-stacking). An honest baseline — it sees only the tokens.
 
 Regression: ridge, ``b = b₀ + (F_cᵀF_c + λI)⁻¹F_cᵀ(y_c − F_c b₀)``, prediction ``ȳ + (f_q − F̄)·b``, where
 ``F_c, y_c`` are the visible rows centred (with an unpenalised intercept) or not (without), and the

@@ -47,7 +47,7 @@ def bench_datagen(
     t_ref = time.perf_counter() - t0
     reference = ref["tokens"].shape[0] / t_ref
     return {
-        "task": config.data.task_name,
+        "task": getattr(task, "label", task.name),
         "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "sequences": n,
         "reference_sequences": int(ref["tokens"].shape[0]),

@@ -4,7 +4,7 @@ timed in the same run on the same sequences, with the largest disagreement betwe
 
 The reference is the direct computation a reader would write: for each sequence, each
 prefix n and each noise level, form ``A = XᵀX + dσ²I``, solve for the ridge weights and
-take ``slogdet(I + XᵀX/(dσ²))`` (DESIGN §4.2). Its cost per sequence does not depend on how
+take ``slogdet(I + XᵀX/(dσ²))`` (docs/design.md#bayes-mixture). Its cost per sequence does not depend on how
 many sequences it runs on, so it is timed on a subset to keep the benchmark short.
 """
 

@@ -1,4 +1,4 @@
-"""Interpretability analyses for raw-data (interleaved) runs (issue 9 item 5).
+"""Interpretability analyses for raw-data (interleaved) runs.
 
 Tokens ``[B, 2N, d+1]``: x-token i at position 2i, y-token i at 2i+1; the model's prediction of
 y_i is its read-out at x-token i. Everything here is computed on held-out sequences and shown

@@ -1,4 +1,4 @@
-"""Weights by module name, and in TransformerLens conventions (DESIGN §1.5, done right).
+"""Weights by module name, and in TransformerLens conventions (docs/interpretability.md#weights: the original notebook's flat weights, with the real d_head).
 
 The TransformerLens dict uses the model's real ``d_head = n_embd / n_head``
 (the notebook hard-coded 32). Shapes::

@@ -1,4 +1,4 @@
-"""A lean GPT-2 for token-vector inputs (DESIGN §1.3), with TransformerLens hook names.
+"""A lean GPT-2 for token-vector inputs (docs/design.md#model), with TransformerLens hook names.
 
 Numerically the same as Hugging Face ``GPT2Model`` with a linear read-in in
 place of the token table and a linear read-out: pre-LayerNorm blocks, causal

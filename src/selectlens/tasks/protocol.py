@@ -1,4 +1,4 @@
-"""The task protocol: the one place where task families differ (docs/design.md#task-protocol).
+"""The task protocol: the one place where task families differ (docs/design.md#own-task).
 
 A family is a subclass of :class:`TaskFamily` in one module. It declares
 
@@ -100,20 +100,26 @@ class TaskFamily:
     registered: ClassVar[bool] = True  # False: a helper base class, not a value of data.task
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("name", "Data", "Batch", "layout", "sample", "readout", "groups")
+    METHODS: ClassVar[tuple[str, ...]] = ("sample", "groups")  # must be the family's own, not the base's
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("registered", True) and "name" in cls.__dict__:
+        if cls.__dict__.get("registered", True) and "name" in cls.__dict__ and not cls.missing():
             register_family(cls.name, cls)
+
+    @classmethod
+    def missing(cls) -> list[str]:
+        """What of the protocol the class lacks (empty when it is a complete family)."""
+        missing = [attr for attr in cls.REQUIRED if not hasattr(cls, attr)
+                   or (attr in cls.METHODS and getattr(cls, attr) is getattr(TaskFamily, attr))]
+        if "Data" not in missing and not (isinstance(cls.Data, type) and issubclass(cls.Data, DataConfig)):
+            missing.append("Data (a subclass of selectlens.config.DataConfig)")
+        return missing
 
     @classmethod
     def check_protocol(cls, where: str) -> None:
         """Raise one :class:`ConfigError` line naming what a family loaded from ``where`` lacks."""
-        missing = [attr for attr in cls.REQUIRED if not hasattr(cls, attr)]
-        if not missing and not (isinstance(cls.Data, type) and issubclass(cls.Data, DataConfig)):
-            missing = ["Data (a subclass of selectlens.config.DataConfig)"]
-        if not missing and getattr(cls.sample, "__isabstract__", False):
-            missing = ["sample"]
+        missing = cls.missing()
         if missing:
             raise ConfigError(f"data.task {where!r}: {cls.__name__} does not implement the task protocol: "
                               f"missing {', '.join(missing)}")
@@ -132,8 +138,6 @@ class TaskFamily:
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """Draw ``batch_size`` sequences; all randomness from ``generator``."""
         raise NotImplementedError
-
-    sample.__isabstract__ = True  # type: ignore[attr-defined]
 
     def sample_for_eval(self, batch_size: int, generator: torch.Generator) -> Batch:
         """The held-out set (a family may add sequences from outside its training prior)."""

@@ -1,4 +1,4 @@
-"""In-context model-selection task generators (DESIGN §1.1–1.2).
+"""In-context model-selection task generators (docs/design.md#selection-tasks).
 
 Each sequence draws a latent noise level α, a weight vector w, N training and
 N test inputs. K candidate models (one per candidate regularisation) are
