@@ -7,6 +7,7 @@ never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import click
 
 from selectlens.config import Config, ConfigError, check_device, config_differences, load_config, presets, presets_help
 from selectlens.errors import SelectLensError
-from selectlens.rundir import check_new_run_dir
+from selectlens.rundir import check_new_run_dir, run_dir_lock
 
 CONFIG_HELP = presets_help()
 SET_HELP = "Override a config value, e.g. --set training.lr=1e-3 (repeatable)."
@@ -81,14 +82,15 @@ def _export_heldout(run: Path | None, sequences: int | None, device: str | None,
         raise click.UsageError("--heldout needs --run RUN, the run whose eval held-out set to export")
     if given:
         raise click.UsageError("--heldout takes the run's own config; drop --config/--set/--seed")
-    check_writable(out, force=force)
-    cfg = read_run_config(run)
-    dev = _run_device(run, device)
-    n = sequences or cfg.eval.sequences
-    check_memory(generation_bytes(cfg, n), f"the held-out set of {n:,} sequences", dev, "lower --sequences")
-    batch = heldout_batch(cfg, n, dev)
-    check_finite_batch(batch, cfg)
-    path = save_task_batch(out, batch.to("cpu"), cfg, force=force)
+    with run_dir_lock(run) if out.resolve().is_relative_to(run.resolve()) else contextlib.nullcontext():
+        check_writable(out, force=force)
+        cfg = read_run_config(run)
+        dev = _run_device(run, device)
+        n = sequences or cfg.eval.sequences
+        check_memory(generation_bytes(cfg, n), f"the held-out set of {n:,} sequences", dev, "lower --sequences")
+        batch = heldout_batch(cfg, n, dev)
+        check_finite_batch(batch, cfg)
+        path = save_task_batch(out, batch.to("cpu"), cfg, force=force)
     click.echo(f"wrote the {n} held-out sequences of {run} (tokens {list(batch.tokens.shape)}) to {path}")
 
 
@@ -122,15 +124,16 @@ def train(config, overrides, out, resume, force, max_minutes, seed, device, quie
     if resume and (config or overrides or seed is not None or device is not None):
         _check_resume_config(run, cfg)
     ctx = distributed.env_context()
-    if not resume and ctx.is_main:
-        check_new_run_dir(run, force=force)
-    if nproc > 1 and not ctx.enabled:  # the launcher: checks done, now the same command on nproc ranks
-        from selectlens.rundir import read_run_config
+    with run_dir_lock(run) if ctx.is_main else contextlib.nullcontext():  # torchrun's ranks: the launcher's lock
+        if not resume and ctx.is_main:
+            check_new_run_dir(run, force=force)
+        if nproc > 1 and not ctx.enabled:  # the launcher: checks done, now the same command on nproc ranks
+            from selectlens.rundir import read_run_config
 
-        distributed.check_launch(read_run_config(run) if resume else cfg, nproc)
-        distributed.launch(nproc, _train_args(config, overrides, run, resume, force, max_minutes, seed, device, quiet))
-        return
-    result = run_training(cfg, run, resume=resume, force=force, max_minutes=max_minutes, progress=not quiet)
+            distributed.check_launch(read_run_config(run) if resume else cfg, nproc)
+            distributed.launch(nproc, _train_args(config, overrides, run, resume, force, max_minutes, seed, device, quiet))
+            return
+        result = run_training(cfg, run, resume=resume, force=force, max_minutes=max_minutes, progress=not quiet)
     if ctx.is_main:
         _report_training(result)
 
@@ -180,7 +183,8 @@ def _report_training(result) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json.")
 def evaluate(run, sequences, device, as_json) -> None:
     """Evaluate a run's model and every baseline on a fixed held-out set (writes eval.json, eval.md, a PNG)."""
-    result, paths = _run_eval(run, sequences, device)
+    with run_dir_lock(run, existing=True):
+        result, paths = _run_eval(run, sequences, device)
     if as_json:
         _emit_json(result)
     else:
@@ -273,10 +277,11 @@ def import_checkpoint(checkpoint, config, overrides, out, force) -> None:
     from selectlens.rundir import prepare_run_dir
 
     cfg = _config(config, overrides)
-    check_new_run_dir(out, force=force)
-    model = import_legacy_state_dict(checkpoint, ModelSpec.from_config(cfg))  # validate before touching --out
-    prepare_run_dir(out, cfg, force=force)
-    save_model(model, out / "model.safetensors", {"imported_from": str(checkpoint)})
+    with run_dir_lock(out):
+        check_new_run_dir(out, force=force)
+        model = import_legacy_state_dict(checkpoint, ModelSpec.from_config(cfg))  # validate before touching --out
+        prepare_run_dir(out, cfg, force=force)
+        save_model(model, out / "model.safetensors", {"imported_from": str(checkpoint)})
     click.echo(f"imported {checkpoint} into {out}")
 
 
@@ -291,27 +296,33 @@ def import_checkpoint(checkpoint, config, overrides, out, force) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(config, overrides, out, force, max_minutes, seed, device, quiet) -> None:
     """The main job: train → evaluate → interpret, into one run directory; prints where the report is."""
+    from selectlens.interpret.report import interpret_run
+    from selectlens.rundir import check_interpret_memory
     from selectlens.train import train as run_training
 
     cfg = _config(config, overrides, seed=seed, device=device)
     run_dir = _default_run_dir(cfg, out)
-    check_new_run_dir(run_dir, force=force)
-    click.echo(f"[1/3] training {cfg.data.task_name} ({cfg.training.epochs} epochs) into {run_dir}")
-    result = run_training(cfg, run_dir, force=force, max_minutes=max_minutes, progress=not quiet)
-    _report_training(result)
-    click.echo(f"[2/3] evaluating on {cfg.eval.sequences:,} held-out sequences")
-    ev, paths = _run_eval(run_dir, None, None)
-    m = ev["predictors"]["model"]
-    ref = ev.get("reference", "context_validation_select")  # raw runs: the Bayes mixture
-    cv = ev["predictors"][ref]
-    click.echo(f"model MSE {m['mse']:.5f} [{m['ci_low']:.5f}, {m['ci_high']:.5f}]; {ref} "
-               f"{cv['mse']:.5f}; paired ({ref} − model) 95% CI [{cv['paired_diff_ci'][0]:+.5f}, {cv['paired_diff_ci'][1]:+.5f}]")
-    click.echo("[3/3] interpreting (attention, clusters, probes, logit lens, attribution, ablation, patching)")
-    from selectlens.interpret.report import interpret_run
+    with run_dir_lock(run_dir):
+        check_new_run_dir(run_dir, force=force)
+        dev = str(check_device(cfg.device))
+        check_interpret_memory(cfg, RUN_INTERPRET_SEQUENCES, dev, "use a smaller config")  # before training, not after
+        click.echo(f"[1/3] training {cfg.data.task_name} ({cfg.training.epochs} epochs) into {run_dir}")
+        result = run_training(cfg, run_dir, force=force, max_minutes=max_minutes, progress=not quiet)
+        _report_training(result)
+        click.echo(f"[2/3] evaluating on {cfg.eval.sequences:,} held-out sequences")
+        ev, paths = _run_eval(run_dir, None, None)
+        m = ev["predictors"]["model"]
+        ref = ev.get("reference", "context_validation_select")  # raw runs: the Bayes mixture
+        cv = ev["predictors"][ref]
+        click.echo(f"model MSE {m['mse']:.5f} [{m['ci_low']:.5f}, {m['ci_high']:.5f}]; {ref} "
+                   f"{cv['mse']:.5f}; paired ({ref} − model) 95% CI [{cv['paired_diff_ci'][0]:+.5f}, {cv['paired_diff_ci'][1]:+.5f}]")
+        click.echo("[3/3] interpreting (attention, clusters, probes, logit lens, attribution, ablation, patching)")
+        report = interpret_run(run_dir, sequences=RUN_INTERPRET_SEQUENCES, device=dev, progress=not quiet)
+        click.echo(f"evaluation: {paths['md']}")
+        click.echo(f"report: {report['html']}")
 
-    report = interpret_run(run_dir, progress=not quiet)
-    click.echo(f"evaluation: {paths['md']}")
-    click.echo(f"report: {report['html']}")
+
+RUN_INTERPRET_SEQUENCES = 512  # `interpret`'s default
 
 
 @cli.command()
@@ -324,20 +335,15 @@ def interpret(run, out, sequences, device, quiet) -> None:
     """Every analysis on a run's model: PNGs, interpret.json and a self-contained report.html."""
     from selectlens.interpret.report import interpret_run
 
+    from selectlens.rundir import check_interpret_memory, read_run_config
+
     if out is not None and out.exists() and not out.is_dir():
         raise click.UsageError(f"--out exists and is not a directory: {out}")
-    dev = _run_device(run, device)
-    _check_interpret_memory(run, sequences, dev)
-    paths = interpret_run(run, out, sequences=sequences, device=dev, progress=not quiet)
+    with run_dir_lock(run, existing=True):
+        dev = _run_device(run, device)
+        check_interpret_memory(read_run_config(run), sequences, dev)
+        paths = interpret_run(run, out, sequences=sequences, device=dev, progress=not quiet)
     click.echo(f"wrote {len(paths)} files; report: {paths['html']}")
-
-
-def _check_interpret_memory(run: Path, sequences: int, device: str) -> None:
-    from selectlens.rundir import read_run_config
-    from selectlens.tasks.memory import check_memory, interpret_bytes
-
-    cfg = read_run_config(run)
-    check_memory(interpret_bytes(cfg, sequences), f"interpreting {sequences:,} sequences", device, "lower --sequences")
 
 
 @cli.command("export-tl")
