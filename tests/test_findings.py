@@ -40,3 +40,9 @@ def test_rule_and_attention_findings():
               "scores": {"content": {"above_null": False}}} for h in range(2)]
     (text, anchor), = attention_findings(heads)
     assert "position in 2/2 heads" in text and "Content alone is above its null in 0/2 heads" in text and anchor == "clusters"
+    heads[0]["scores"]["content"]["all_majority"] = True
+    for h in heads:
+        h["test_sequences"] = 288
+    (text, _), = attention_findings(heads)
+    assert "Each accuracy is over 288 held-out sequences, with a Wilson 95% interval over sequences." in text
+    assert "In 1/2 heads (L0H0) the content classifier predicts the majority class for every row." in text

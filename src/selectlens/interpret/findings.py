@@ -102,8 +102,17 @@ def attention_findings(heads: list[dict[str, Any]]) -> list[tuple[str, str]]:
         verdicts.setdefault(h["carried_by"].split(":")[0], []).append(f"L{h['layer']}H{h['head']}")
     parts = [f"{v} in {len(hs)}/{len(heads)} heads ({', '.join(hs)})" for v, hs in verdicts.items()]
     content_sig = sum(h["scores"]["content"]["above_null"] for h in heads)
-    return [("The attention clusters (held-out sequences, beside majority-class and permutation nulls) are carried by "
-             + "; ".join(parts) + f". Content alone is above its null in {content_sig}/{len(heads)} heads.", "clusters")]
+    text = ("The attention clusters (held-out sequences, beside majority-class and permutation nulls) are carried by "
+            + "; ".join(parts) + f". Content alone is above its null in {content_sig}/{len(heads)} heads.")
+    tested = [h["test_sequences"] for h in heads if "test_sequences" in h]
+    if tested:
+        text += (f" Each accuracy is over {min(tested)}" + (f"–{max(tested)}" if max(tested) != min(tested) else "")
+                 + " held-out sequences, with a Wilson 95% interval over sequences.")
+    majority_only = [f"L{h['layer']}H{h['head']}" for h in heads if h["scores"]["content"].get("all_majority")]
+    if majority_only:
+        text += (f" In {len(majority_only)}/{len(heads)} heads ({', '.join(majority_only)}) the content classifier "
+                 "predicts the majority class for every row.")
+    return [(text, "clusters")]
 
 
 def findings(ev: dict[str, Any], numbers: dict[str, Any]) -> list[tuple[str, str]]:
