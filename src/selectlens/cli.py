@@ -14,6 +14,10 @@ from pathlib import Path
 
 import click
 
+from selectlens.threads import apply_thread_policy
+
+apply_thread_policy()  # before anything imports torch: its OpenMP runtime reads the wait policy once
+
 from selectlens.config import Config, ConfigError, check_device, config_differences, load_config, presets, presets_help
 from selectlens.errors import SelectLensError
 from selectlens.rundir import check_new_run_dir, run_dir_lock
@@ -441,12 +445,20 @@ def bench_datagen(task, config, overrides, device, sequences, reference_sequence
 @click.option("--device", default=None, help="torch device for SelectLens (the reference always runs on CPU).")
 @click.option("--reference-sequences", type=click.IntRange(min=2), default=1000,
               help="Sequences for the reference (its rate does not depend on the count).")
+@click.option("--contend", type=click.IntRange(min=1), default=None,
+              help="Instead: training steps/s of each thread policy alone and beside this many busy processes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_train(config, overrides, device, reference_sequences, as_json) -> None:
+def bench_train(config, overrides, device, reference_sequences, contend, as_json) -> None:
     """Sequences/s of a full epoch (data + training) vs. the original pipeline (sklearn data, HF GPT-2, batch 32)."""
     from selectlens.benchmarks.train import bench_train as run
 
     cfg = _config(config, overrides)
+    if contend:
+        from selectlens.benchmarks.train import bench_contention, contention_lines
+
+        result = bench_contention(cfg, contend=contend)
+        _emit_json(result) if as_json else click.echo("\n".join(contention_lines(result)))
+        return
     dev = check_device(device or cfg.device)
     result = run(cfg, device=str(dev), reference_sequences_count=reference_sequences)
     result["config"] = config or "default"
