@@ -73,9 +73,11 @@ def test_the_difference_panel_plots_what_metrics_jsonl_says(tmp_path):
     band = next(c for c in top.collections if c.get_label() == "±1.96·sd/√window")
     ys = band.get_paths()[0].vertices[:, 1]
     assert np.allclose(np.sort(ys[np.isfinite(ys)])[[0, -1]], [(mean - half).min(), (mean + half).max()])
-    # the y-axis spans the epochs after warm-up (and 0), not the first tenth's −2
+    # the y-axis spans the epochs after warm-up (per epoch; running windows wholly after it) and 0,
+    # not the first tenth's −2
     lo, hi = top.get_ylim()
-    after = np.concatenate([d[6:], mean[6:] - half[6:], mean[6:] + half[6:], [0.0]])
+    w = 6 + k - 1
+    after = np.concatenate([d[6:], mean[w:] - half[w:], mean[w:] + half[w:], [0.0]])
     assert lo <= after.min() and hi >= after.max() and hi - lo < 1.2 * (after.max() - after.min())
     assert d[:6].min() < lo
     # the last window's paired CI is marked at the last epoch

@@ -231,16 +231,19 @@ def training_curves_figure(metrics: list[dict[str, Any]], *, eval_result: dict[s
 WARMUP_SHARE = 0.1  # the difference panel's y-axis leaves out the first tenth of the epochs
 
 
-def difference_panel_limits(diff: np.ndarray, mean: np.ndarray, half: np.ndarray) -> tuple[int, tuple[float, float]]:
+def difference_panel_limits(diff: np.ndarray, mean: np.ndarray, half: np.ndarray,
+                            window: int) -> tuple[int, tuple[float, float]]:
     """``(first epoch index shown to scale, (y low, y high))`` for the difference panel.
 
     Early in training the model is far behind the baseline (differences of −2 against ~0.01 at the
-    end), which would squash the end of training into a flat line at 0; the y-axis therefore spans the
-    epochs after the first :data:`WARMUP_SHARE` (per-epoch values, running mean and band) and 0, with a
-    5% margin. Earlier values run off the scale (the panel shades them).
+    end), which would squash the end of training into a flat line at 0; the y-axis therefore spans
+    the per-epoch differences after the first :data:`WARMUP_SHARE` of the epochs, the running mean and
+    band of the windows that lie wholly after it (``window`` epochs each), and 0, with a 5% margin.
+    Earlier values run off the scale (the panel shades the warm-up).
     """
     start = int(np.ceil(WARMUP_SHARE * len(diff))) if len(diff) >= 10 else 0
-    vals = np.concatenate([diff[start:], mean[start:] - half[start:], mean[start:] + half[start:], [0.0]])
+    clean = min(len(diff) - 1, start + window - 1) if start else 0
+    vals = np.concatenate([diff[start:], mean[clean:] - half[clean:], mean[clean:] + half[clean:], [0.0]])
     vals = vals[np.isfinite(vals)]
     lo, hi = float(vals.min()), float(vals.max())
     pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1e-6)
@@ -256,7 +259,7 @@ def _plot_difference_panel(ax, metrics: list[dict[str, Any]], baseline: str | No
     ax.plot(seqs, mean, color="C0", lw=2, label="running mean")
     ax.fill_between(seqs, mean - half, mean + half, color="C0", alpha=0.25, label="±1.96·sd/√window")
     ax.axhline(0.0, color="black", lw=0.8)
-    start, ylim = difference_panel_limits(diff, mean, half)
+    start, ylim = difference_panel_limits(diff, mean, half, max(1, min(25, len(diff) // 10)))
     if start > 0:
         ax.axvspan(seqs[0], seqs[start], color="gray", alpha=0.12, lw=0, label="warm-up (off the scale)")
     ax.set_ylim(*ylim)
