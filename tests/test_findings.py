@@ -25,12 +25,24 @@ def test_eval_findings_follow_the_confidence_intervals():
 def test_rule_and_attention_findings():
     agreement = {"context_stacking": {"all": [0.01, 0.009, 0.011]}, "context_validation_select": {"all": [0.02, 0.018, 0.022]}}
     rule = {"outside_share": [0.25, 0.2, 0.3], "outside_distance": [0.05, 0.04, 0.06], "outside_relative": [0.5, 0.4, 0.6],
+            "defined_share": 0.587, "threshold": 0.05, "outside_share_all": [0.71, 0.7, 0.72],
             "agreement": agreement, "closest_honest": "context_stacking", "runner_up": "context_validation_select",
             "closest_margin": [0.01, -0.001, 0.02], "closest_any": "context_stacking"}
     (hull, a1), (agree, a2) = rule_findings(rule)
-    assert "25.0% [20.0, 30.0]" in hull and a1 == "selection-rule" and a2 == "agreement"
+    assert a1 == "selection-rule" and a2 == "agreement"
+    # the headline share is among the sequences where the weight is defined, and says so
+    assert hull.startswith("Among the 58.7% of sequences where the candidates differ by more than 0.05")
+    assert "outside the candidates' hull in 25.0% [20.0, 30.0] of them" in hull and "0.50× the candidates' spread" in hull
+    # the all-sequence share comes after it, labelled as secondary
+    assert hull.index("25.0%") < hull.index("Secondary, over all sequences") < hull.index("71.0% [70.0, 72.0]")
     assert "not significantly closer than to context_validation_select" in agree
     heads = [{"layer": 0, "head": h, "carried_by": "position: content alone is not above the null",
               "scores": {"content": {"above_null": False}}} for h in range(2)]
     (text, anchor), = attention_findings(heads)
     assert "position in 2/2 heads" in text and "Content alone is above its null in 0/2 heads" in text and anchor == "clusters"
+    heads[0]["scores"]["content"]["all_majority"] = True
+    for h in heads:
+        h["test_sequences"] = 288
+    (text, _), = attention_findings(heads)
+    assert "Each accuracy is over 288 held-out sequences, with a Wilson 95% interval over sequences." in text
+    assert "In 1/2 heads (L0H0) the content classifier predicts the majority class for every row." in text

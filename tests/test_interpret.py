@@ -71,29 +71,73 @@ def test_analyze_attention_recovers_a_planted_position_split():
     with torch.no_grad():
         m.blocks[0].attn.qkv.weight[: 2 * 48] = 0
         m.blocks[0].attn.qkv.bias[: 2 * 48] = 0
-    _, batch = _batch(40)
+    _, batch = _batch(300)
     a = analyze_attention(m, batch.tokens, 0, 1, samples=40, feature_names=["c0", "c1", "y"])
     role = a.roles["query"]
     assert 2 <= role.k <= 9 and role.k in role.silhouette_by_k
-    assert not set(role.train_samples) & set(role.test_samples) and len(role.test_samples) == 10
-    assert role.scores["position"].accuracy > 0.9 and role.scores["position"].above_null
+    # 10 of the 40 clustered sequences are held out, and the next 256 of the batch besides
+    assert a.samples == list(range(296)) and sorted(role.test_samples) == sorted(set(range(296)) - set(role.train_samples))
+    assert len(role.train_samples) == 30 and max(role.train_samples) < 40 and len(role.test_samples) == 266
+    pos_score = role.scores["position"]
+    assert pos_score.accuracy == 1.0 and pos_score.test_sequences == 266
+    # every held-out sequence scores 1, yet the interval (Wilson, n = 266 sequences) has a width and stays in [0, 1]
+    z2 = 1.959963984540054 ** 2
+    assert pos_score.ci == pytest.approx((266 / (266 + z2), 1.0)) and pos_score.above_null
     assert not role.scores["content"].above_null
     counts = np.bincount(np.array(role.labels)[np.isin([s for s, _ in role.rows], role.train_samples)])
     test_labels = np.array([l for l, (s, _) in zip(role.labels, role.rows) if s in role.test_samples])
     assert role.scores["content"].majority == pytest.approx((test_labels == counts.argmax()).mean())
     assert role.carried_by.startswith("position")
     members = [r for c in role.clusters for r in c.members]
-    assert sorted(members) == sorted(role.rows) and len(members) == 40 * 21
-    # each cluster is a contiguous band of positions, identical across samples
+    assert sorted(members) == sorted(role.rows) and len(members) == 296 * 21
+    # each cluster is a contiguous band of positions, identical across samples (held-out ones included)
     for c in role.clusters:
         pos = sorted({p for _, p in c.members})
         assert pos == list(range(pos[0], pos[-1] + 1))
+        assert len(c.members) == 296 * len(pos)
     from selectlens.interpret import describe_analysis
     from selectlens.interpret.plots import attention_analysis_figure
 
     text = describe_analysis(a)
     assert "carried by: position" in text and "NOT above the null" in text
-    assert attention_analysis_figure(a, 0) is not None
+    assert "266 held-out sequences" in text and "Wilson 95% intervals over sequences" in text
+    # the figure shows sample 0: its keys, its query tokens, its cluster strip and its attention block
+    fig = attention_analysis_figure(a, 0)
+    keys, inputs, strip, block = (ax.images[0].get_array() for ax in fig.axes)
+    tok0 = batch.tokens[0].double().numpy()
+    assert np.allclose(keys, tok0.T) and np.allclose(inputs, tok0)
+    by_position = {p: l for l, (s, p) in zip(role.labels, role.rows) if s == 0}
+    assert np.asarray(strip)[:, 0].tolist() == [by_position[p] for p in range(21)]
+    assert len(set(by_position.values())) == role.k
+    uniform_prefix = np.tril(np.ones((21, 21))) / np.arange(1, 22)[:, None]  # what layer 0 attends, by hand
+    assert np.allclose(block, uniform_prefix, atol=1e-5)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_a_classifier_that_only_predicts_the_majority_class_is_said_so():
+    from selectlens.interpret import analyze_patterns, describe_analysis
+    from selectlens.interpret.attention import wilson_interval
+
+    rng = np.random.default_rng(0)
+    S, T = 80, 10
+    tokens = rng.normal(size=(S, T, 3))
+    pattern = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None] + 0.001 * rng.normal(size=(S, T, T))
+    constant = lambda tok, names: (np.zeros(tok.shape[:2] + (1,)), ["zero"])  # noqa: E731
+    a = analyze_patterns(pattern, tokens, features=constant, seed=0)
+    s = a.roles["query"].scores["content"]
+    assert s.all_majority and not s.above_null and s.accuracy == pytest.approx(s.majority)
+    assert "content: predicts the majority class for every row" in describe_analysis(a)
+    assert not a.roles["query"].scores["position"].all_majority
+    # the Wilson interval against scipy's, and inside [0, 1] at the edges
+    from scipy.stats import binomtest
+
+    for k, n in ((7, 20), (0, 30), (30, 30), (250, 266)):
+        ref = binomtest(k, n).proportion_ci(method="wilson")
+        assert wilson_interval(k / n, n) == pytest.approx((ref.low, ref.high))
+        lo, hi = wilson_interval(k / n, n)
+        assert 0 <= lo < hi <= 1
 
 
 def test_analyze_patterns_finds_a_planted_content_split():

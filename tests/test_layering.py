@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "selectlens"
-LEVEL = {"errors": -1, "fileio": -1, "config": 0, "tasks": 1, "baselines": 2, "model": 2, "rundir": 3,
+LEVEL = {"errors": -1, "fileio": -1, "threads": -1, "config": 0, "tasks": 1, "baselines": 2, "model": 2, "rundir": 3,
          "train": 4, "evaluate": 4, "interpret": 5, "sweeps": 6, "benchmarks": 6, "cli": 7}
 
 

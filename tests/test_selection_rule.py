@@ -44,3 +44,31 @@ def test_rule_of_a_model_that_is_context_validation():
     err = context_errors(b, "mse").double()
     expected = torch.sigmoid(-(err[:, 0] - err[:, 1]) / fit.temperature)
     assert torch.allclose(a_soft[ok], expected[ok], atol=1e-4)
+
+
+def test_hull_share_and_distances_are_among_the_defined_sequences():
+    """Checked against a direct numpy computation on a model that leaves the hull: the headline share and
+    distances count only sequences with |ŷ₁ − ŷ₂| > threshold; the all-sequence share is kept apart."""
+    import numpy as np
+
+    task = make_task(load_config("default", ["data.N=11"]))
+    fit = fit_selection_baselines(task, 0, 300)
+    b = task.sample(3000, make_generator(5))
+    bl = make_baselines(task, fit)
+    pred = bl["context_softmax_ensemble"](b) + 0.05 * torch.randn(3000, generator=torch.Generator().manual_seed(0))
+    r = analyze_selection_rule(pred, b, bl, kind="mse", temperature=fit.temperature)
+    c = b.tokens[:, -1, :-1].double().numpy()
+    p = pred.double().numpy()
+    lo, hi = c.min(1), c.max(1)
+    defined = np.abs(c[:, 0] - c[:, 1]) > 0.05
+    dist = np.maximum(lo - p, 0) + np.maximum(p - hi, 0)
+    out = dist > 0
+    assert 0.2 < defined.mean() < 0.95 and out[~defined].mean() > out[defined].mean()  # a case where it matters
+    assert r.defined_share == pytest.approx(defined.mean())
+    share = out[defined].mean()
+    half = 1.959963984540054 * out[defined].std(ddof=1) / np.sqrt(defined.sum())
+    assert r.outside_share == pytest.approx([share, share - half, share + half])
+    assert r.outside_distance[0] == pytest.approx(dist[defined & out].mean())
+    assert r.outside_relative[0] == pytest.approx((dist / (hi - lo))[defined & out].mean())
+    assert r.outside_share_all[0] == pytest.approx(out.mean())
+    assert r.outside_relative_all[0] == pytest.approx((dist / np.maximum(hi - lo, 1e-12))[out].mean())

@@ -7,15 +7,20 @@ never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import click
 
+from selectlens.threads import apply_thread_policy
+
+apply_thread_policy()  # before anything imports torch: its OpenMP runtime reads the wait policy once
+
 from selectlens.config import Config, ConfigError, check_device, config_differences, load_config, presets, presets_help
 from selectlens.errors import SelectLensError
-from selectlens.rundir import check_new_run_dir
+from selectlens.rundir import check_new_run_dir, run_dir_lock
 
 CONFIG_HELP = presets_help()
 SET_HELP = "Override a config value, e.g. --set training.lr=1e-3 (repeatable)."
@@ -119,14 +124,15 @@ def _export_heldout(run: Path | None, sequences: int | None, device: str | None,
         raise click.UsageError("--heldout needs --run RUN, the run whose eval held-out set to export")
     if given:
         raise click.UsageError("--heldout takes the run's own config; drop --config/--set/--seed")
-    check_writable(out, force=force)
-    cfg = read_run_config(run)
-    dev = _run_device(run, device)
-    n = sequences or cfg.eval.sequences
-    check_memory(generation_bytes(cfg, n), f"the held-out set of {n:,} sequences", dev, "lower --sequences")
-    batch = heldout_batch(cfg, n, dev)
-    check_finite_batch(batch, cfg)
-    path = save_task_batch(out, batch.to("cpu"), cfg, force=force)
+    with run_dir_lock(run) if out.resolve().is_relative_to(run.resolve()) else contextlib.nullcontext():
+        check_writable(out, force=force)
+        cfg = read_run_config(run)
+        dev = _run_device(run, device)
+        n = sequences or cfg.eval.sequences
+        check_memory(generation_bytes(cfg, n), f"the held-out set of {n:,} sequences", dev, "lower --sequences")
+        batch = heldout_batch(cfg, n, dev)
+        check_finite_batch(batch, cfg)
+        path = save_task_batch(out, batch.to("cpu"), cfg, force=force)
     click.echo(f"wrote the {n} held-out sequences of {run} (tokens {list(batch.tokens.shape)}) to {path}")
 
 
@@ -160,15 +166,16 @@ def train(config, overrides, out, resume, force, max_minutes, seed, device, quie
     if resume and (config or overrides or seed is not None or device is not None):
         _check_resume_config(run, cfg)
     ctx = distributed.env_context()
-    if not resume and ctx.is_main:
-        check_new_run_dir(run, force=force)
-    if nproc > 1 and not ctx.enabled:  # the launcher: checks done, now the same command on nproc ranks
-        from selectlens.rundir import read_run_config
+    with run_dir_lock(run) if ctx.is_main else contextlib.nullcontext():  # torchrun's ranks: the launcher's lock
+        if not resume and ctx.is_main:
+            check_new_run_dir(run, force=force)
+        if nproc > 1 and not ctx.enabled:  # the launcher: checks done, now the same command on nproc ranks
+            from selectlens.rundir import read_run_config
 
-        distributed.check_launch(read_run_config(run) if resume else cfg, nproc)
-        distributed.launch(nproc, _train_args(config, overrides, run, resume, force, max_minutes, seed, device, quiet))
-        return
-    result = run_training(cfg, run, resume=resume, force=force, max_minutes=max_minutes, progress=not quiet)
+            distributed.check_launch(read_run_config(run) if resume else cfg, nproc)
+            distributed.launch(nproc, _train_args(config, overrides, run, resume, force, max_minutes, seed, device, quiet))
+            return
+        result = run_training(cfg, run, resume=resume, force=force, max_minutes=max_minutes, progress=not quiet)
     if ctx.is_main:
         _report_training(result)
 
@@ -216,7 +223,8 @@ def _report_training(result) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json.")
 def evaluate(run, sequences, device, as_json) -> None:
     """Evaluate a run's model and every baseline on a fixed held-out set (writes eval.json, eval.md, a PNG)."""
-    result, paths = _run_eval(run, sequences, device)
+    with run_dir_lock(run, existing=True):
+        result, paths = _run_eval(run, sequences, device)
     if as_json:
         _emit_json(result)
     else:
@@ -317,10 +325,11 @@ def import_checkpoint(checkpoint, config, overrides, out, force) -> None:
     from selectlens.rundir import prepare_run_dir
 
     cfg = _config(config, overrides)
-    check_new_run_dir(out, force=force)
-    model = import_legacy_state_dict(checkpoint, ModelSpec.from_config(cfg))  # validate before touching --out
-    prepare_run_dir(out, cfg, force=force)
-    save_model(model, out / "model.safetensors", {"imported_from": str(checkpoint)})
+    with run_dir_lock(out):
+        check_new_run_dir(out, force=force)
+        model = import_legacy_state_dict(checkpoint, ModelSpec.from_config(cfg))  # validate before touching --out
+        prepare_run_dir(out, cfg, force=force)
+        save_model(model, out / "model.safetensors", {"imported_from": str(checkpoint)})
     click.echo(f"imported {checkpoint} into {out}")
 
 
@@ -335,27 +344,33 @@ def import_checkpoint(checkpoint, config, overrides, out, force) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(config, overrides, out, force, max_minutes, seed, device, quiet) -> None:
     """The main job: train → evaluate → interpret, into one run directory; prints where the report is."""
+    from selectlens.interpret.report import interpret_run
+    from selectlens.rundir import check_interpret_memory
     from selectlens.train import train as run_training
 
     cfg = _config(config, overrides, seed=seed, device=device)
     run_dir = _default_run_dir(cfg, out)
-    check_new_run_dir(run_dir, force=force)
-    click.echo(f"[1/3] training {cfg.data.task} ({cfg.training.epochs} epochs) into {run_dir}")
-    result = run_training(cfg, run_dir, force=force, max_minutes=max_minutes, progress=not quiet)
-    _report_training(result)
-    click.echo(f"[2/3] evaluating on {cfg.eval.sequences:,} held-out sequences")
-    ev, paths = _run_eval(run_dir, None, None)
-    m = ev["predictors"]["model"]
-    ref = ev["reference"]  # the best honest baseline, chosen on training data
-    cv = ev["predictors"][ref]
-    click.echo(f"model MSE {m['mse']:.5f} [{m['ci_low']:.5f}, {m['ci_high']:.5f}]; {ref} "
-               f"{cv['mse']:.5f}; paired ({ref} − model) 95% CI [{cv['paired_diff_ci'][0]:+.5f}, {cv['paired_diff_ci'][1]:+.5f}]")
-    click.echo("[3/3] interpreting (attention, clusters, probes, logit lens, attribution, ablation, patching)")
-    from selectlens.interpret.report import interpret_run
+    with run_dir_lock(run_dir):
+        check_new_run_dir(run_dir, force=force)
+        dev = str(check_device(cfg.device))
+        check_interpret_memory(cfg, RUN_INTERPRET_SEQUENCES, dev, "use a smaller config")  # before training, not after
+        click.echo(f"[1/3] training {cfg.data.task} ({cfg.training.epochs} epochs) into {run_dir}")
+        result = run_training(cfg, run_dir, force=force, max_minutes=max_minutes, progress=not quiet)
+        _report_training(result)
+        click.echo(f"[2/3] evaluating on {cfg.eval.sequences:,} held-out sequences")
+        ev, paths = _run_eval(run_dir, None, None)
+        m = ev["predictors"]["model"]
+        ref = ev["reference"]  # the best honest baseline, chosen on training data
+        cv = ev["predictors"][ref]
+        click.echo(f"model MSE {m['mse']:.5f} [{m['ci_low']:.5f}, {m['ci_high']:.5f}]; {ref} "
+                   f"{cv['mse']:.5f}; paired ({ref} − model) 95% CI [{cv['paired_diff_ci'][0]:+.5f}, {cv['paired_diff_ci'][1]:+.5f}]")
+        click.echo("[3/3] interpreting (attention, clusters, probes, logit lens, attribution, ablation, patching)")
+        report = interpret_run(run_dir, sequences=RUN_INTERPRET_SEQUENCES, device=dev, progress=not quiet)
+        click.echo(f"evaluation: {paths['md']}")
+        click.echo(f"report: {report['html']}")
 
-    report = interpret_run(run_dir, progress=not quiet)
-    click.echo(f"evaluation: {paths['md']}")
-    click.echo(f"report: {report['html']}")
+
+RUN_INTERPRET_SEQUENCES = 512  # `interpret`'s default
 
 
 @cli.command()
@@ -368,20 +383,15 @@ def interpret(run, out, sequences, device, quiet) -> None:
     """Every analysis on a run's model: PNGs, interpret.json and a self-contained report.html."""
     from selectlens.interpret.report import interpret_run
 
+    from selectlens.rundir import check_interpret_memory, read_run_config
+
     if out is not None and out.exists() and not out.is_dir():
         raise click.UsageError(f"--out exists and is not a directory: {out}")
-    dev = _run_device(run, device)
-    _check_interpret_memory(run, sequences, dev)
-    paths = interpret_run(run, out, sequences=sequences, device=dev, progress=not quiet)
+    with run_dir_lock(run, existing=True):
+        dev = _run_device(run, device)
+        check_interpret_memory(read_run_config(run), sequences, dev)
+        paths = interpret_run(run, out, sequences=sequences, device=dev, progress=not quiet)
     click.echo(f"wrote {len(paths)} files; report: {paths['html']}")
-
-
-def _check_interpret_memory(run: Path, sequences: int, device: str) -> None:
-    from selectlens.rundir import read_run_config
-    from selectlens.tasks.memory import check_memory, interpret_bytes
-
-    cfg = read_run_config(run)
-    check_memory(interpret_bytes(cfg, sequences), f"interpreting {sequences:,} sequences", device, "lower --sequences")
 
 
 @cli.command("export-tl")
@@ -479,12 +489,20 @@ def bench_datagen(task, config, overrides, device, sequences, reference_sequence
 @click.option("--device", default=None, help="torch device for SelectLens (the reference always runs on CPU).")
 @click.option("--reference-sequences", type=click.IntRange(min=2), default=1000,
               help="Sequences for the reference (its rate does not depend on the count).")
+@click.option("--contend", type=click.IntRange(min=1), default=None,
+              help="Instead: training steps/s of each thread policy alone and beside this many busy processes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_train(config, overrides, device, reference_sequences, as_json) -> None:
+def bench_train(config, overrides, device, reference_sequences, contend, as_json) -> None:
     """Sequences/s of a full epoch (data + training) vs. the original pipeline (sklearn data, HF GPT-2, batch 32)."""
     from selectlens.benchmarks.train import bench_train as run
 
     cfg = _config(config, overrides)
+    if contend:
+        from selectlens.benchmarks.train import bench_contention, contention_lines
+
+        result = bench_contention(cfg, contend=contend)
+        _emit_json(result) if as_json else click.echo("\n".join(contention_lines(result)))
+        return
     dev = check_device(device or cfg.device)
     result = run(cfg, device=str(dev), reference_sequences_count=reference_sequences)
     result["config"] = config or "default"

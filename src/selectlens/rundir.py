@@ -8,10 +8,14 @@
       checkpoints/epoch_000010/       model.safetensors + state.pt, renamed into place atomically
       metrics.jsonl                   one line per epoch (no wall-clock times: reproducible)
       timing.jsonl                    wall-clock seconds per epoch
+    .RUN.lock                         beside the run (it survives ``--force`` replacing RUN): held
+                                      with ``flock`` by the one process writing RUN (see run_dir_lock)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
@@ -19,7 +23,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -34,6 +38,94 @@ KEEP_CHECKPOINTS = 2
 
 class RunDirError(InputError):
     """A run directory that cannot be created, resumed or read."""
+
+
+class RunDirLockedError(RunDirError):
+    """Another process holds the run directory's write lock."""
+
+
+# Locks this process holds, and (in the environment, for its children such as torchrun's ranks) the
+# locks an ancestor holds: a child of the holder writes under its parent's lock instead of being refused.
+RUN_LOCKS_ENV = "SELECTLENS_RUN_LOCKS"
+_HELD: set[str] = set()
+
+
+def run_lock_path(run_dir: str | Path) -> Path:
+    """``PARENT/.NAME.lock`` for ``PARENT/NAME`` (symlinks resolved, so two spellings share one lock).
+
+    The lock lives beside the run, not in it: ``--force`` replaces the directory wholesale, and a lock
+    inside it would go with it.
+    """
+    run = Path(run_dir).resolve()
+    return run.parent / f".{run.name}.lock"
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | Path, *, existing: bool = False) -> Iterator[Path]:
+    """Hold the exclusive write lock of ``run_dir`` for the ``with`` block; refuse at once when another
+    process holds it (:class:`RunDirLockedError`, naming the directory and the holder's pid).
+
+    Every command that writes into a run directory (train, eval, interpret, run, a sweep trial) writes
+    under it; readers (predict, export-tl) take none, and see only complete files (every write is a
+    rename). The lock is ``flock`` on :func:`run_lock_path`: the kernel drops it when the holder exits
+    or is killed, so a stale lock cannot outlive its process. Re-entrant within a process and for
+    its children (torchrun's ranks), which inherit :data:`RUN_LOCKS_ENV`. ``existing``: the command
+    writes into a run that must exist (eval, interpret); a missing one is refused before a lock file is made.
+    """
+    if existing and not Path(run_dir).is_dir():
+        raise RunDirError(f"run directory not found: {run_dir}")
+    path = run_lock_path(run_dir)
+    key = str(path)
+    if key in _HELD or key in os.environ.get(RUN_LOCKS_ENV, "").split(os.pathsep):
+        yield path
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        probe_writable(path.parent, RunDirError)  # the usual one line for an unwritable location
+        raise RunDirError(f"cannot lock run directory {run_dir}: {e.strerror} ({path})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise RunDirLockedError(f"run directory {run_dir} is being written by another process "
+                                f"(pid {holder}); wait for it to finish or stop it") from None
+    before = os.environ.get(RUN_LOCKS_ENV)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD.add(key)
+        os.environ[RUN_LOCKS_ENV] = os.pathsep.join(filter(None, [before, key]))
+        yield path
+    finally:
+        _HELD.discard(key)
+        if before is None:
+            os.environ.pop(RUN_LOCKS_ENV, None)
+        else:
+            os.environ[RUN_LOCKS_ENV] = before
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid the holder wrote into the lock file ("unknown" if it has not written it yet)."""
+    import time
+
+    for _ in range(20):  # the holder writes its pid right after locking
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit():
+            return text
+        time.sleep(0.01)
+    return "unknown"
+
+
+def check_interpret_memory(config: Config, sequences: int, device: str, hint: str = "lower --sequences") -> None:
+    """Refuse (one line) an interpretation of ``sequences`` held-out sequences that would not fit in
+    ``device``'s memory; ``interpret``, ``run`` and sweep trials call it before any work."""
+    from selectlens.tasks.memory import check_memory, interpret_bytes
+
+    check_memory(interpret_bytes(config, sequences), f"interpreting {sequences:,} sequences", device, hint)
 
 
 def prepare_run_dir(run_dir: Path, config: Config, *, force: bool = False) -> None:

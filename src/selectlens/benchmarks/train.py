@@ -200,3 +200,90 @@ def bench_train(config: Config | None = None, *, device: str = "cpu", reference_
         "matmul_fraction": achieved / peak,
         "profile": split,
     }
+
+
+# ---------------------------------------------------------------------------
+# Threads under load: `bench train --contend N`
+
+# The environment of each policy compared, in a fresh process each: libgomp reads its wait policy
+# once, when torch loads it. Variables of the calling process's own policy are removed first.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
+_STEP_RATE_CHILD = ("import json, sys\nfrom selectlens.benchmarks.train import step_rate\n"
+                    "print(json.dumps(step_rate(json.loads(sys.argv[1]), int(sys.argv[2]))))")
+
+
+def thread_policies() -> dict[str, dict[str, str]]:
+    """Name → environment: torch's default (threads = cores, spinning waits), SelectLens's policy
+    (:mod:`selectlens.threads`) and one thread."""
+    from selectlens.threads import thread_policy_env
+
+    return {"torch default": {}, "selectlens policy": thread_policy_env({}), "1 thread": {"OMP_NUM_THREADS": "1"}}
+
+
+def step_rate(config: dict, steps: int, warmup: int = 3) -> dict[str, float]:
+    """Training steps/s of ``config`` on CPU (one fixed batch, after ``warmup`` steps) and torch's threads."""
+    from selectlens.config import config_from_dict
+
+    bench = TrainBench(config_from_dict(config), torch.device("cpu"))
+    tokens, target = bench.full_batch()
+    for _ in range(warmup):
+        bench.step(tokens, target)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        bench.step(tokens, target)
+    return {"steps_per_s": steps / (time.perf_counter() - t0), "threads": torch.get_num_threads()}
+
+
+def _busy_processes(n: int) -> list:
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def _child_step_rate(config: dict, steps: int, env_vars: dict[str, str]) -> dict[str, float]:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES} | env_vars
+    out = subprocess.run([sys.executable, "-c", _STEP_RATE_CHILD, json.dumps(config), str(steps)],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_contention(config: Config | None = None, *, contend: int = 1, steps: int = 20) -> dict:
+    """Training steps/s of each thread policy (:func:`thread_policies`), alone and beside ``contend``
+    busy processes (a Python spin loop each), measured in the same run, one fresh process per
+    measurement; ``slowdown`` = alone / beside."""
+    cfg = config or load_config("default")
+    from selectlens.threads import usable_cores
+
+    result: dict = {"contend": contend, "steps": steps, "batch_size": cfg.training.batch_size,
+                    "usable_cores": usable_cores(), "policies": {}}
+    for name, env_vars in thread_policies().items():
+        alone = _child_step_rate(cfg.to_dict(), steps, env_vars)
+        busy = _busy_processes(contend)
+        try:
+            time.sleep(0.5)
+            beside = _child_step_rate(cfg.to_dict(), steps, env_vars)
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+        result["policies"][name] = {
+            "env": env_vars, "threads": alone["threads"], "alone_steps_per_s": alone["steps_per_s"],
+            "contended_steps_per_s": beside["steps_per_s"], "slowdown": alone["steps_per_s"] / beside["steps_per_s"]}
+    return result
+
+
+def contention_lines(result: dict) -> list[str]:
+    """``bench train --contend``'s table."""
+    lines = [f"training steps/s (batch {result['batch_size']}, {result['steps']} steps, {result['usable_cores']} usable "
+             f"cores), alone and beside {result['contend']} busy process(es); each in a fresh process"]
+    for name, r in result["policies"].items():
+        env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "(no thread variables)"
+        lines.append(f"  {name:<18}: {r['alone_steps_per_s']:>8.2f} alone, {r['contended_steps_per_s']:>8.2f} beside "
+                     f"busy, slowdown {r['slowdown']:>5.2f}x ({r['threads']} threads; {env})")
+    return lines

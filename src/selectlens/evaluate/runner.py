@@ -215,8 +215,20 @@ def smoothed_difference(metrics: list[dict[str, Any]], baseline: str, window: in
 
 
 def plot_training_curves(metrics: list[dict[str, Any]], out: Path, *, eval_result: dict[str, Any] | None = None) -> Path:
-    """PNG of training: on top the paired difference (best honest baseline − model) per epoch,
-    smoothed with a band (the comparison that decides "beats"); below, the raw test losses."""
+    """PNG of :func:`training_curves_figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = training_curves_figure(metrics, eval_result=eval_result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def training_curves_figure(metrics: list[dict[str, Any]], *, eval_result: dict[str, Any] | None = None):
+    """Training as a figure: on top the paired difference (best honest baseline − model) per epoch,
+    smoothed with a band (the comparison that decides "beats"), zoomed past warm-up, with the last
+    window's paired CI marked; below, the raw test losses."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,10 +238,29 @@ def plot_training_curves(metrics: list[dict[str, Any]], out: Path, *, eval_resul
     _plot_difference_panel(top, metrics, curve_baseline(metrics, eval_result))
     _plot_raw_curves(ax, metrics, eval_result)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
+
+
+WARMUP_SHARE = 0.1  # the difference panel's y-axis leaves out the first tenth of the epochs
+
+
+def difference_panel_limits(diff: np.ndarray, mean: np.ndarray, half: np.ndarray,
+                            window: int) -> tuple[int, tuple[float, float]]:
+    """``(first epoch index shown to scale, (y low, y high))`` for the difference panel.
+
+    Early in training the model is far behind the baseline (differences of −2 against ~0.01 at the
+    end), which would squash the end of training into a flat line at 0; the y-axis therefore spans
+    the per-epoch differences after the first :data:`WARMUP_SHARE` of the epochs, the running mean and
+    band of the windows that lie wholly after it (``window`` epochs each), and 0, with a 5% margin.
+    Earlier values run off the scale (the panel shades the warm-up).
+    """
+    start = int(np.ceil(WARMUP_SHARE * len(diff))) if len(diff) >= 10 else 0
+    clean = min(len(diff) - 1, start + window - 1) if start else 0
+    vals = np.concatenate([diff[start:], mean[clean:] - half[clean:], mean[clean:] + half[clean:], [0.0]])
+    vals = vals[np.isfinite(vals)]
+    lo, hi = float(vals.min()), float(vals.max())
+    pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1e-6)
+    return start, (lo - pad, hi + pad)
 
 
 def _plot_difference_panel(ax, metrics: list[dict[str, Any]], baseline: str | None) -> None:
@@ -241,6 +272,13 @@ def _plot_difference_panel(ax, metrics: list[dict[str, Any]], baseline: str | No
     ax.plot(seqs, mean, color="C0", lw=2, label="running mean")
     ax.fill_between(seqs, mean - half, mean + half, color="C0", alpha=0.25, label="±1.96·sd/√window")
     ax.axhline(0.0, color="black", lw=0.8)
+    start, ylim = difference_panel_limits(diff, mean, half, max(1, min(25, len(diff) // 10)))
+    if start > 0:
+        ax.axvspan(seqs[0], seqs[start], color="gray", alpha=0.12, lw=0, label="warm-up (off the scale)")
+    ax.set_ylim(*ylim)
+    lo, hi = mean[-1] - half[-1], mean[-1] + half[-1]
+    ax.plot([seqs[-1], seqs[-1]], [lo, hi], color="C3", lw=3, solid_capstyle="butt",
+            label=f"last window: {mean[-1]:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     ax.set_ylabel(f"{baseline} − model")
     ax.set_title(f"Paired difference of test loss vs {baseline} (above 0: model better)")
     ax.legend(fontsize=7)

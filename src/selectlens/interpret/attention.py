@@ -18,6 +18,18 @@ classifier trained on shuffled cluster labels). The causal mask alone makes
 attention rows cluster by position (row p has p+1 non-zero entries), so the
 position-only score is the null a content claim has to beat.
 
+Held-out sequences: the clusters are fitted on the ``samples`` sequences (a quarter of them held
+out from the classifier's training); up to ``held_out`` (default :data:`HELD_OUT_SEQUENCES`) further
+sequences of the input are labelled with the fitted clusters' nearest centre and scored as held-out
+too, so each accuracy rests on a few hundred sequences, not ~30. The accuracy is the mean over
+held-out sequences of each sequence's share of rows predicted right; its 95% interval is a Wilson
+score interval with n = the number of held-out sequences. Per-sequence accuracies lie in [0, 1], so
+their variance is at most p(1 − p): the interval is conservative for the mean over sequences (rows of
+one sequence are not independent), it stays within [0, 1], and it does not collapse to zero width
+when every sequence scores the same (as a position-only classifier of position bands does). A
+classifier that predicts the majority class for every row is said to do so (``all_majority``); it is
+never above the null.
+
 Content features come from a builder chosen by layout (:data:`CONTENT_FEATURES`),
 so other layouts (e.g. interleaved x/y tokens) register their own.
 The figure is a separate pure function (:func:`selectlens.interpret.plots.attention_analysis_figure`).
@@ -35,9 +47,9 @@ from torch import Tensor
 from selectlens.evaluate.metrics import mean_ci
 from selectlens.model.gpt2 import SelectionTransformer
 
-LAYOUTS = ("selection", "interleaved")
 FEATURE_SETS = ("content", "position", "both")
 SILHOUETTE_ROWS = 1000
+HELD_OUT_SEQUENCES = 256
 
 # (tokens [S, T, F], token feature names [F]) -> (features [S, T, C], names [C])
 ContentFeatures = Callable[[np.ndarray, list[str]], tuple[np.ndarray, list[str]]]
@@ -51,14 +63,20 @@ def attention_patterns(model: SelectionTransformer, tokens: Tensor) -> Tensor:
     return torch.stack([cache[n] for n in names])
 
 
+#: Query positions per role, by token layout (a task's ``layout``): one role for layouts whose every token is
+#: alike (``query``); x at even and y at odd positions for interleaved (x, y) tokens.
+QUERY_ROLES: dict[str, Callable[[int], dict[str, np.ndarray]]] = {
+    "selection": lambda T: {"query": np.arange(T)},
+    "per_example": lambda T: {"query": np.arange(T)},
+    "interleaved": lambda T: {"x": np.arange(0, T, 2), "y": np.arange(1, T, 2)},
+}
+
+
 def query_roles(layout: str, n_positions: int) -> dict[str, np.ndarray]:
-    """Query positions per role: one role (``query``) for the selection layout; x at even and y at odd
-    positions for interleaved (x, y) layouts."""
-    if layout == "selection":
-        return {"query": np.arange(n_positions)}
-    if layout == "interleaved":
-        return {"x": np.arange(0, n_positions, 2), "y": np.arange(1, n_positions, 2)}
-    raise ValueError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
+    """Query positions per role for ``layout`` (see :data:`QUERY_ROLES`)."""
+    if layout not in QUERY_ROLES:
+        raise ValueError(f"unknown layout {layout!r} (known: {', '.join(QUERY_ROLES)})")
+    return QUERY_ROLES[layout](n_positions)
 
 
 def selection_content_features(tokens: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -100,10 +118,13 @@ class Cluster:
 class FeatureSetScore:
     """Held-out accuracy of a LinearSVC from one feature set to the cluster labels, beside its nulls.
 
-    ``accuracy``/``ci``: over test rows, CI from per-test-sequence accuracies (rows of one sequence
-    are not independent). ``majority``: accuracy of predicting the training set's most common
-    cluster. ``permutation``: mean accuracy of the same classifier trained on shuffled labels
-    (``permutation_runs`` of them). ``above_null``: the CI's low end is above both nulls.
+    ``accuracy``: the mean over the ``test_sequences`` held-out sequences of each one's share of rows
+    right; ``ci``: its Wilson 95% interval with n = ``test_sequences`` (see the module docstring).
+    ``majority``: accuracy of predicting the training set's most common cluster; ``all_majority``:
+    the classifier predicted exactly that for every test row (its accuracy *is* the majority rate).
+    ``permutation``: mean accuracy of the same classifier trained on shuffled labels
+    (``permutation_runs`` of them). ``above_null``: not ``all_majority`` and the CI's low end is
+    above both nulls.
     """
 
     name: str
@@ -113,6 +134,8 @@ class FeatureSetScore:
     permutation: float
     permutation_runs: list[float]
     above_null: bool
+    test_sequences: int = 0
+    all_majority: bool = False
 
 
 @dataclass
@@ -145,12 +168,14 @@ class AttentionAnalysis:
     roles: dict[str, RoleAnalysis]
 
 
-def _choose_k(rows: np.ndarray, seed: int, k_range: range) -> tuple[int, dict[int, float], np.ndarray]:
+def _choose_k(rows: np.ndarray, seed: int, k_range: range) -> tuple[int, dict[int, float], np.ndarray, np.ndarray]:
+    """``(k, silhouette by k, labels [R], centres [k, T])`` of the best KMeans clustering of ``rows``."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
     scores: dict[int, float] = {}
     labels: dict[int, np.ndarray] = {}
+    centres: dict[int, np.ndarray] = {}
     n_distinct = len(np.unique(rows.round(6), axis=0))
     for k in k_range:
         if k >= min(len(rows), n_distinct):
@@ -160,11 +185,26 @@ def _choose_k(rows: np.ndarray, seed: int, k_range: range) -> tuple[int, dict[in
             continue
         # silhouette on a seeded subsample of at most SILHOUETTE_ROWS rows (it is quadratic in rows)
         scores[k] = float(silhouette_score(rows, km.labels_, sample_size=min(len(rows), SILHOUETTE_ROWS), random_state=seed))
-        labels[k] = km.labels_
+        labels[k], centres[k] = km.labels_, km.cluster_centers_
     if not scores:
-        return 1, {}, np.zeros(len(rows), dtype=int)
+        return 1, {}, np.zeros(len(rows), dtype=int), rows.mean(0, keepdims=True)
     best = max(scores, key=lambda k: (scores[k], -k))
-    return best, scores, labels[best]
+    return best, scores, labels[best], centres[best]
+
+
+def nearest_centre(rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``[R]`` index of the nearest centre (Euclidean) for each row of ``rows [R, T]``, ``centres [k, T]``."""
+    d = ((rows[:, None, :] - centres[None, :, :]) ** 2).sum(-1)  # [R, k]
+    return d.argmin(1)
+
+
+def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score 95% interval for a proportion ``p`` observed on ``n`` units; inside [0, 1]."""
+    if n < 1:
+        return float("nan"), float("nan")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def _fit_predict(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, seed: int) -> np.ndarray:
@@ -192,14 +232,18 @@ def _score_feature_set(name: str, X: np.ndarray, labels: np.ndarray, groups: np.
     rng = np.random.default_rng(seed)
     pred = _fit_predict(X[train], labels[train], X[test], seed)
     per_seq = _per_sequence_accuracy(pred == labels[test], groups[test])
-    acc, lo, hi = mean_ci(torch.from_numpy(per_seq))
-    majority = float((labels[test] == np.bincount(labels[train]).argmax()).mean())
-    runs = [float((_fit_predict(X[train], rng.permutation(labels[train]), X[test], seed) == labels[test]).mean())
+    acc = float(per_seq.mean())
+    lo, hi = wilson_interval(acc, len(per_seq))
+    top = np.bincount(labels[train]).argmax()
+    majority = float(_per_sequence_accuracy(labels[test] == top, groups[test]).mean())
+    all_majority = bool((pred == top).all())
+    runs = [float(_per_sequence_accuracy(_fit_predict(X[train], rng.permutation(labels[train]), X[test], seed)
+                                         == labels[test], groups[test]).mean())
             for _ in range(permutations)]
     perm = float(np.mean(runs)) if runs else float("nan")
     null = max(majority, perm if runs else majority)
-    score = FeatureSetScore(name, float((pred == labels[test]).mean()), (lo, hi), majority, perm, runs,
-                            bool(lo > null))
+    score = FeatureSetScore(name, acc, (lo, hi), majority, perm, runs, bool(lo > null and not all_majority),
+                            len(per_seq), all_majority)
     return score, per_seq
 
 
@@ -234,8 +278,12 @@ def _split_samples(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray,
 
 
 def _analyze_role(role: str, positions: np.ndarray, pattern: np.ndarray, content: np.ndarray,
-                  train_samples: np.ndarray, *, seed: int, k_range: range, permutations: int) -> RoleAnalysis:
-    """Cluster one role's attention rows and score the three feature sets on held-out sequences."""
+                  train_samples: np.ndarray, *, seed: int, k_range: range, permutations: int,
+                  fit_sequences: int | None = None) -> RoleAnalysis:
+    """Cluster one role's attention rows and score the three feature sets on held-out sequences.
+
+    The clusters are fitted on the rows of the first ``fit_sequences`` sequences (default: all); the
+    rows of the others get their nearest centre's label."""
     S, T = pattern.shape[:2]
     rows_idx = [(s, int(p)) for s in range(S) for p in positions]
     groups = np.array([s for s, _ in rows_idx])
@@ -246,7 +294,12 @@ def _analyze_role(role: str, positions: np.ndarray, pattern: np.ndarray, content
         "position": (pos[:, None] == np.asarray(positions)[None, :]).astype(float),  # [R, P] one-hot
     }
     feats["both"] = np.concatenate([feats["content"], feats["position"]], axis=1)
-    k, sil, labels = _choose_k(rows, seed, k_range)
+    fit = groups < (S if fit_sequences is None else fit_sequences)
+    k, sil, fit_labels, centres = _choose_k(rows[fit], seed, k_range)
+    labels = np.empty(len(rows), dtype=int)
+    labels[fit] = fit_labels
+    if (~fit).any():
+        labels[~fit] = nearest_centre(rows[~fit], centres) if k > 1 else 0
     train = np.isin(groups, train_samples)
     scores, per_seq = {}, {}
     for name in FEATURE_SETS:
@@ -283,20 +336,27 @@ def analyze_attention(
     head: int,
     *,
     samples: int | list[int] = 128,
+    held_out: int = HELD_OUT_SEQUENCES,
     **options,
 ) -> AttentionAnalysis:
     """Cluster the attention rows of one head by query role and ask which features carry the clusters.
 
     ``tokens [B, T, F]``; ``samples``: how many leading sequences (or which ones) to pool — rows from
-    all of them are clustered together, so clusters are patterns that recur. ``options`` are those of
+    all of them are clustered together, so clusters are patterns that recur. ``held_out``: up to this
+    many further sequences of ``tokens`` (those not in ``samples``, in order) are scored as held-out
+    besides the pool's own held-out quarter, their rows labelled by the nearest cluster centre (fewer
+    when ``tokens`` has fewer: ``RoleAnalysis.test_samples`` says how many). ``options`` are those of
     :func:`analyze_patterns` (layout, feature_names, features, k_range, test_fraction, permutations, seed).
     """
     if not 0 <= layer < model.spec.n_layer or not 0 <= head < model.spec.n_head:
         raise ValueError(f"layer {layer} / head {head} out of range")
     idx = list(range(min(samples, tokens.shape[0]))) if isinstance(samples, int) else list(samples)
-    toks = tokens[idx]
+    pool = set(idx)
+    extra = [i for i in range(tokens.shape[0]) if i not in pool][: max(0, held_out)]
+    toks = tokens[idx + extra]
     pattern = attention_patterns(model, toks)[layer, :, head].cpu().double().numpy()  # [S, T, T]
-    return analyze_patterns(pattern, toks.cpu().double().numpy(), layer=layer, head=head, samples=idx, **options)
+    return analyze_patterns(pattern, toks.cpu().double().numpy(), layer=layer, head=head, samples=idx + extra,
+                            fit_sequences=len(idx), **options)
 
 
 def analyze_patterns(
@@ -313,6 +373,7 @@ def analyze_patterns(
     test_fraction: float = 0.25,
     permutations: int = 3,
     seed: int = 0,
+    fit_sequences: int | None = None,
 ) -> AttentionAnalysis:
     """:func:`analyze_attention` on given attention rows: ``pattern [S, T, T]`` of one head and the
     ``tokens [S, T, F]`` it was computed from (so the analysis can be checked on planted patterns).
@@ -320,26 +381,36 @@ def analyze_patterns(
     Sequences (not rows) are split into train and test (``test_fraction`` held out). ``feature_names``
     names the token's F entries; ``features`` picks the content-feature builder (a key of
     :data:`CONTENT_FEATURES` or a callable; default: the layout's); ``permutations`` label shuffles
-    give the permutation null.
+    give the permutation null. ``fit_sequences``: only the first this many sequences are clustered and
+    split into train and test; every later one is held out, labelled by its rows' nearest cluster centre.
     """
     S, T, F = tokens.shape
-    if S < 2:
-        raise ValueError("the attention analysis needs at least 2 sequences (it holds some out)")
+    pool = S if fit_sequences is None else fit_sequences
+    if pool < 2 or pool > S:
+        raise ValueError("the attention analysis needs at least 2 sequences to cluster (it holds some out)")
     builder = features if callable(features) else CONTENT_FEATURES[features or layout]
     names = list(feature_names or [f"f{i}" for i in range(F)])
     content, content_names = builder(tokens, names)  # [S, T, C]
-    train_samples, _ = _split_samples(S, test_fraction, seed)
-    roles = {role: _analyze_role(role, positions, pattern, content, train_samples,
-                                 seed=seed, k_range=k_range, permutations=permutations)
+    train_samples, _ = _split_samples(pool, test_fraction, seed)
+    roles = {role: _analyze_role(role, positions, pattern, content, train_samples, seed=seed, k_range=k_range,
+                                 permutations=permutations, fit_sequences=pool)
              for role, positions in query_roles(layout, T).items()}
     return AttentionAnalysis(layer, head, list(samples if samples is not None else range(S)), layout, names,
                              content_names + ["position"], pattern, tokens, roles)
 
 
 def _score_line(s: FeatureSetScore) -> str:
+    if s.all_majority:
+        return (f"{s.name:>8}: predicts the majority class for every row ({s.accuracy:.3f}, the majority rate); "
+                f"permuted labels {s.permutation:.3f} — NOT above the null")
     flag = "above the null" if s.above_null else "NOT above the null"
     return (f"{s.name:>8}: {s.accuracy:.3f} [{s.ci[0]:.3f}, {s.ci[1]:.3f}] vs majority {s.majority:.3f}, "
             f"permuted labels {s.permutation:.3f} — {flag}")
+
+
+def _few_note(n_test: int) -> str:
+    return (f"; fewer than {HELD_OUT_SEQUENCES} held-out sequences because fewer were given, so the intervals are wide"
+            if n_test < HELD_OUT_SEQUENCES else "")
 
 
 def describe_analysis(a: AttentionAnalysis) -> str:
@@ -349,7 +420,8 @@ def describe_analysis(a: AttentionAnalysis) -> str:
     for r in a.roles.values():
         sil = r.silhouette_by_k.get(r.k, float("nan"))
         lines.append(f"  {r.role} queries: k={r.k} (silhouette {sil:.3f}); LinearSVC held-out accuracy on "
-                     f"{len(r.test_samples)} held-out sequences (trained on {len(r.train_samples)} others):")
+                     f"{len(r.test_samples)} held-out sequences (trained on {len(r.train_samples)} others; "
+                     f"Wilson 95% intervals over sequences{_few_note(len(r.test_samples))}):")
         lines += [f"    {_score_line(s)}" for s in r.scores.values()]
         g, h = r.content_gain, r.position_gain
         lines.append(f"    content adds to position: {g[0]:+.3f} [{g[1]:+.3f}, {g[2]:+.3f}]; "

@@ -49,12 +49,29 @@ def eval_findings(ev: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def rule_findings(rule: dict[str, Any]) -> list[tuple[str, str]]:
+def _pct(v) -> str:
+    return f"{100 * v[0]:.1f}% [{100 * v[1]:.1f}, {100 * v[2]:.1f}]"
+
+
+def hull_finding(rule: dict[str, Any]) -> str:
+    """How often and how far the prediction leaves the candidates' hull, among the sequences where the
+    effective weight is defined (the candidates differ by more than the threshold); the share over all
+    sequences follows as a labelled secondary number (there "outside" an interval of width ~0 is nearly free)."""
     share, dist, rel = rule["outside_share"], rule["outside_distance"], rule["outside_relative"]
-    hull = (f"The model's prediction lies outside the candidates' hull in {100 * share[0]:.1f}% "
-            f"[{100 * share[1]:.1f}, {100 * share[2]:.1f}] of sequences")
-    hull += (f", by {dist[0]:.3g} {_ci(dist[1:])} on average when outside ({rel[0]:.2f}× the candidates' spread)."
-             if share[0] > 0 else ".")
+    text = (f"Among the {100 * rule['defined_share']:.1f}% of sequences where the candidates differ by more than "
+            f"{rule['threshold']:g} (where the effective weight is defined), the model's prediction lies outside the "
+            f"candidates' hull in {_pct(share)} of them")
+    text += (f", by {dist[0]:.3g} {_ci(dist[1:])} on average when outside ({rel[0]:.2f}× the candidates' spread)"
+             if share[0] > 0 else "")
+    every = rule.get("outside_share_all")
+    if every:
+        text += (f". Secondary, over all sequences (including those where the candidates nearly agree, where almost "
+                 f"any prediction is outside): {_pct(every)}")
+    return text + "."
+
+
+def rule_findings(rule: dict[str, Any]) -> list[tuple[str, str]]:
+    hull = hull_finding(rule)
     a = rule["agreement"]
     first, second, m = rule["closest_honest"], rule["runner_up"], rule["closest_margin"]
     agree = (f"Of the honest rules it agrees most with {first} (mean squared distance between predictions "
@@ -85,8 +102,17 @@ def attention_findings(heads: list[dict[str, Any]]) -> list[tuple[str, str]]:
         verdicts.setdefault(h["carried_by"].split(":")[0], []).append(f"L{h['layer']}H{h['head']}")
     parts = [f"{v} in {len(hs)}/{len(heads)} heads ({', '.join(hs)})" for v, hs in verdicts.items()]
     content_sig = sum(h["scores"]["content"]["above_null"] for h in heads)
-    return [("The attention clusters (held-out sequences, beside majority-class and permutation nulls) are carried by "
-             + "; ".join(parts) + f". Content alone is above its null in {content_sig}/{len(heads)} heads.", "clusters")]
+    text = ("The attention clusters (held-out sequences, beside majority-class and permutation nulls) are carried by "
+            + "; ".join(parts) + f". Content alone is above its null in {content_sig}/{len(heads)} heads.")
+    tested = [h["test_sequences"] for h in heads if "test_sequences" in h]
+    if tested:
+        text += (f" Each accuracy is over {min(tested)}" + (f"–{max(tested)}" if max(tested) != min(tested) else "")
+                 + " held-out sequences, with a Wilson 95% interval over sequences.")
+    majority_only = [f"L{h['layer']}H{h['head']}" for h in heads if h["scores"]["content"].get("all_majority")]
+    if majority_only:
+        text += (f" In {len(majority_only)}/{len(heads)} heads ({', '.join(majority_only)}) the content classifier "
+                 "predicts the majority class for every row.")
+    return [(text, "clusters")]
 
 
 def findings(ev: dict[str, Any], numbers: dict[str, Any]) -> list[tuple[str, str]]:

@@ -6,7 +6,9 @@
   position of p between the smallest and the largest candidate, ``(p − min ŷ)/(max ŷ − min ŷ)``.
   In both cases the prediction is **outside the candidates' hull** when it is below the smallest or
   above the largest candidate; we report how often, and how far (absolute, and relative to the
-  candidates' spread).
+  candidates' spread), **among the sequences where ``a`` is defined**: where the candidates nearly
+  agree the hull is an interval of width ~0, almost any prediction lies "outside" it and the
+  relative distance explodes. The share over all sequences is kept as a labelled secondary number.
 * **The selection curve.** ``a`` binned by the difference of the two candidates' context errors
   ``Δ = err₁ − err₂`` (quantile bins, per α, mean with 95% CI), beside the same curve for the
   baselines' predictions: context-validation (a step at Δ = 0), the context softmax ensemble
@@ -82,8 +84,9 @@ def selection_curve(a: dict[str, Tensor], delta: Tensor, mask: Tensor, bins: int
 class SelectionRule:
     threshold: float
     defined_share: float  # sequences where the effective weight is defined
-    outside_share: list[float]  # (mean, low, high): share of sequences outside the candidates' hull
-    outside_distance: list[float]  # mean distance outside, among the sequences outside
+    # Hull excursions among the sequences where ``a`` is defined (spread > threshold), each (mean, low, high):
+    outside_share: list[float]  # share of those sequences whose prediction is outside the candidates' hull
+    outside_distance: list[float]  # mean distance outside, among those outside
     outside_relative: list[float]  # that distance over the candidates' spread, among those outside
     weight_summary: dict[str, list[float]]  # mean a (CI) overall and per α, where defined
     curve: dict[str, dict[str, Any]]  # per α: selection_curve(...)
@@ -93,6 +96,10 @@ class SelectionRule:
     runner_up: str  # the second-closest honest baseline
     closest_margin: list[float]  # paired (mean, low, high) of distance to runner_up − distance to closest_honest
     temperature: float
+    # Secondary, over every sequence (near-agreeing candidates included, where "outside" is nearly free):
+    outside_share_all: list[float] = field(default_factory=list)
+    outside_distance_all: list[float] = field(default_factory=list)
+    outside_relative_all: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -118,6 +125,7 @@ def analyze_selection_rule(model_pred: Tensor, batch: TaskBatch, baselines: dict
     a_model, defined = effective_weight(model_pred, cands, threshold)
     dist, rel = hull_excursion(model_pred, cands)
     outside = dist > 0
+    outside_defined = outside & defined
     errs = context_errors(batch, kind).double().cpu()
     delta = errs[:, 0] - errs[:, -1]
     a_all = {"model": a_model}
@@ -134,11 +142,14 @@ def analyze_selection_rule(model_pred: Tensor, batch: TaskBatch, baselines: dict
         margin = list(paired_diff_ci((preds[second] - model_pred) ** 2, (preds[first] - model_pred) ** 2))
     return SelectionRule(
         threshold=threshold, defined_share=float(defined.double().mean()),
-        outside_share=_ci(outside.double()), outside_distance=_ci(dist[outside]), outside_relative=_ci(rel[outside]),
+        outside_share=_ci(outside[defined].double()), outside_distance=_ci(dist[outside_defined]),
+        outside_relative=_ci(rel[outside_defined]),
         weight_summary=weights, curve=curve, agreement=agreement,
         closest_honest=first, closest_any=min(agreement, key=lambda n: agreement[n]["all"][0]),
         runner_up=second or "", closest_margin=margin,
         temperature=temperature,
+        outside_share_all=_ci(outside.double()), outside_distance_all=_ci(dist[outside]),
+        outside_relative_all=_ci(rel[outside]),
     )
 
 

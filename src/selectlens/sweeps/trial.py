@@ -9,7 +9,8 @@ directory wholesale): ``DIR/state/<name>.json`` holds the trial's status
 (``running`` / ``done`` / ``failed``), the stages finished and the error line,
 written atomically; ``DIR/state/<name>.lock`` is held (``flock``) while a
 worker runs the trial, so a worker left over from a killed sweep and the
-resumed one never write the same run directory at once.
+resumed one never write the same run directory at once. The trial directory itself is written
+under :func:`selectlens.rundir.run_dir_lock`, as every ``selectlens`` command that writes a run does.
 """
 
 from __future__ import annotations
@@ -77,11 +78,14 @@ def run_trial(sweep_dir: str | Path, name: str, config: dict[str, Any], stages: 
         record = {"status": "running", "stages_done": done, "error": None}
         write_status(sweep_dir, name, record)
         try:
-            for stage in stages:
-                if stage not in done:
-                    _STAGES[stage](trial_dir(sweep_dir, name), cfg)
-                    done.append(stage)
-                    write_status(sweep_dir, name, record)
+            with rundir.run_dir_lock(trial_dir(sweep_dir, name)):  # refused while e.g. `selectlens eval` writes it
+                if "interpret" in stages and "interpret" not in done:  # as `selectlens interpret`, before any work
+                    rundir.check_interpret_memory(cfg, INTERPRET_SEQUENCES, "cpu", "lower the sweep's model or data size")
+                for stage in stages:
+                    if stage not in done:
+                        _STAGES[stage](trial_dir(sweep_dir, name), cfg)
+                        done.append(stage)
+                        write_status(sweep_dir, name, record)
         except SelectLensError as e:
             record.update(status="failed", error=str(e))
         except Exception as e:  # a trial's crash is reported as its error line; the sweep goes on
@@ -113,10 +117,13 @@ def _eval(run: Path, cfg: Config) -> None:
     write_eval(run, evaluate_model(model, saved), read_jsonl(run / "metrics.jsonl"))
 
 
+INTERPRET_SEQUENCES = 512  # interpret_run's default
+
+
 def _interpret(run: Path, cfg: Config) -> None:
     from selectlens.interpret.report import interpret_run
 
-    interpret_run(run, progress=False)
+    interpret_run(run, sequences=INTERPRET_SEQUENCES, progress=False)
 
 
 _STAGES = {"train": _train, "eval": _eval, "interpret": _interpret}
