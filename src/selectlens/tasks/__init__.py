@@ -14,6 +14,12 @@ from selectlens.tasks.selection import ClassificationTask, RegressionTask, Selec
 from selectlens.tasks.io import DataFileError, load_task_batch, save_task_batch
 from selectlens.tasks.raw import LinearOrLogisticTask, MixedNoiseRegressionTask, RawBatch, RawTask, interleave, per_example
 
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+for _module in _pkgutil.iter_modules(__path__):  # every family module registers itself: a new family is one new module
+    _importlib.import_module(f"{__name__}.{_module.name}")
+
 __all__ = [
     "DTYPES", "Batch", "DataFileError", "load_task_batch", "save_task_batch", "ClassificationTask", "LinearOrLogisticTask", "MixedNoiseRegressionTask", "PairedBatches",
     "RawBatch", "RawTask", "RegressionTask", "SelectionTask", "TaskBatch", "TaskFamily", "interleave", "known_tasks",
