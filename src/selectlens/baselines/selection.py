@@ -238,7 +238,7 @@ class SelectionSuite(BaselineSuite):
         if not isinstance(fit, SelectionFit):
             fit = SelectionFit(task.loss, float(fit), 1.0, None)
         kind = fit.metric
-        out: dict[str, Predictor] = {f"candidate[{c:g}]": candidate(k) for k, c in enumerate(task.candidates)}
+        out: dict[str, Predictor] = {f"candidate[{c}]": candidate(k) for k, c in enumerate(task.candidate_labels)}
         out.update({
             "candidate_average": candidate_average,
             "context_validation_select": context_validation_select(kind),

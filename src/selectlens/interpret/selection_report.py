@@ -24,7 +24,7 @@ from selectlens.tasks.protocol import PATCH_STREAM, make_generator, stream_seed
 
 
 def _feature_names(task) -> list[str]:
-    return [f"cand[{c:g}]" for c in task.candidates] + ["y"]
+    return [f"cand[{c}]" for c in task.candidate_labels] + ["y"]
 
 
 def _attention_views(ctx, samples_shown: int) -> np.ndarray:

@@ -123,6 +123,11 @@ class SelectionTask(TaskFamily):
         return len(self.candidates)
 
     @property
+    def candidate_labels(self) -> list[str]:
+        """How the candidates are named in tables (``candidate[<label>]``): their penalties."""
+        return [f"{c:g}" for c in self.candidates]
+
+    @property
     def context_sizes(self) -> list[int]:
         return [self.data.N - 1]  # the N−1 visible labels (and the N training pairs inside the candidates)
 
