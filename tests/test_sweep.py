@@ -54,7 +54,8 @@ def grid_sweep(ray_session, tmp_path_factory):
 def test_grid_sweep_runs_every_trial_and_reports_progress(grid_sweep):
     out, result, lines = grid_sweep
     assert result.count("done") == 8 and len(result.statuses) == 8
-    names = sorted(p.name for p in (out / "trials").iterdir())
+    names = sorted(p.name for p in (out / "trials").iterdir() if not p.name.startswith("."))  # not the run locks
+    assert sorted(p.name for p in (out / "trials").glob(".*")) == sorted(f".{n}.lock" for n in names)
     assert names == sorted(result.statuses)
     assert "model.n_head=2_training.lr=0.004_seed=1" in names
     for name in names:

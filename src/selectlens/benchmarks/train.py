@@ -285,5 +285,5 @@ def contention_lines(result: dict) -> list[str]:
     for name, r in result["policies"].items():
         env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "(no thread variables)"
         lines.append(f"  {name:<18}: {r['alone_steps_per_s']:>8.2f} alone, {r['contended_steps_per_s']:>8.2f} beside "
-                     f"busy, slowdown {r['slowdown']:>5.2f}x ({r['threads']} threads; {env})")
+                     f"busy, slowdown {r['slowdown']:>5.2f}x ({r['threads']} thread{'s' * (r['threads'] != 1)}; {env})")
     return lines
