@@ -36,7 +36,8 @@ from torch import Tensor
 
 from selectlens.tasks.fitting import logistic_fit
 
-from selectlens.baselines.suite import BaselineSuite, register_suite, suite_for
+from selectlens.baselines.suite import BaselineFit, BaselineSuite, register_suite, suite_for
+from selectlens.tasks.protocol import STACKING_STREAM, make_generator, stream_seed
 from selectlens.tasks.raw import LinearOrLogisticTask, RawBatch, RawTask
 
 RawPredictor = Callable[["RawBatch"], Tensor]
@@ -55,6 +56,7 @@ RAW_BASELINE_SEES: dict[str, str] = {
     "ridge[": HONEST,  # one per noise level, e.g. ridge[0.1]
     "bayes_posterior_mixture": HONEST,
     "oracle_sigma_ridge": LATENT,
+    "best_single_ridge": HONEST,  # one λ per n for every sequence, chosen on training data: a rule that does not select
     "nearest_neighbours_3": HONEST,
     "averaging": HONEST,
     "logistic_regression": HONEST,
@@ -270,15 +272,56 @@ def _last_batch_memo(fn: Callable[["RawBatch"], Tensor]) -> Callable[["RawBatch"
     return call
 
 
+#: The grid of the best single-λ ridge: λ = d·s², s geometric in [0.03, 1.5].
+SINGLE_RIDGE_SCALES = torch.logspace(math.log10(0.03), math.log10(1.5), 41, dtype=torch.float64)
+
+
+def single_ridge_grid(d: int) -> Tensor:
+    """``[G]`` penalties of the best single-λ ridge's grid for dimension ``d``."""
+    return d * SINGLE_RIDGE_SCALES**2
+
+
+def fit_single_ridge(x: Tensor, y: Tensor) -> list[float]:
+    """Per prefix n = 0..N−1, the penalty of the grid with the lowest mean squared error over the sequences
+    ``x [B, N, d]``, ``y [B, N]`` (training-distribution data): ``λ*(n)``, the best a rule that uses one
+    λ for every sequence (that does not select) can do at n."""
+    lam = single_ridge_grid(x.shape[-1]).to(x.device)
+    pred = ridge_filter(x, y, lam)[0]  # [B, N, G]
+    err = ((pred - y.double().unsqueeze(-1)) ** 2).mean(0)  # [N, G]
+    return [float(v) for v in lam[err.argmin(-1)].cpu()]
+
+
+def single_ridge(lams: list[float]) -> RawPredictor:
+    """HONEST: ridge at the fitted ``λ*(n)`` at every prefix n (one λ per n, the same for every sequence)."""
+
+    def predict(batch: "RawBatch") -> Tensor:
+        table = torch.tensor(lams, dtype=torch.float64, device=batch.x.device)
+        unique, index = torch.unique(table, return_inverse=True)  # [U], [N]
+        pred = ridge_filter(batch.x, batch.y, unique)[0]  # [B, N, U]
+        return pred.gather(-1, index.view(1, -1, 1).expand(pred.shape[0], -1, 1)).squeeze(-1).to(batch.x.dtype)
+
+    return predict
+
+
 @register_suite(RawTask)
 class RawSuite(BaselineSuite):
     """Baselines of the raw-data regression tasks, every prefix at once; the reference is the exact
     Bayes posterior mixture (Bayes-optimal among predictors of the pairs for the mixed-noise prior)."""
 
     SEES = RAW_BASELINE_SEES
+    non_selecting = "best_single_ridge"  # the line "selection shown" is measured against
 
     def reference_name(self) -> str:
         return "bayes_posterior_mixture"
+
+    def fit(self, seed: int, sequences: int, metric: str | None = None) -> BaselineFit:
+        """The best single-λ ridge's ``λ*(n)``, on training-distribution sequences from the stacking stream."""
+        fit = BaselineFit(metric or self.task.loss, self.reference_name())
+        if sequences > 0:
+            batch = self.task.sample(sequences, make_generator(stream_seed(seed, STACKING_STREAM), self.task.device))
+            reg = batch.is_regression
+            fit.params["single_ridge_lams"] = fit_single_ridge(batch.x[reg], batch.y[reg])
+        return fit
 
     def predictors(self, fit: Any = None) -> dict[str, RawPredictor]:
         sigmas, probs = list(self.task.noise_levels), list(self.task.noise_probs)
@@ -291,6 +334,9 @@ class RawSuite(BaselineSuite):
             "nearest_neighbours_3": _on(nearest_neighbours),
             "averaging": _on(averaging),
         })
+        lams = (getattr(fit, "params", None) or {}).get("single_ridge_lams")
+        if lams:
+            out["best_single_ridge"] = single_ridge(lams)
         return out
 
 

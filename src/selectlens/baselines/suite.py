@@ -53,6 +53,7 @@ class BaselineSuite:
 
     SEES: ClassVar[dict[str, str]] = {}
     bound: ClassVar[str | None] = None
+    non_selecting: ClassVar[str | None] = None  # the best rule that does not select, where the family has one
 
     def __init__(self, task: TaskFamily):
         self.task = task

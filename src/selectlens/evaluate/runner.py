@@ -18,7 +18,7 @@ import torch
 
 from selectlens.baselines import BaselineSuite, pointwise_loss, suite_for
 from selectlens.config import Config, check_device
-from selectlens.evaluate.context_length import context_length_figure, curves_markdown, group_curves
+from selectlens.evaluate.context_length import context_length_figure, curve_ci, curves_markdown, group_curves
 from selectlens.evaluate.metrics import bootstrap_ratio_ci, mean_ci, paired_diff_ci
 from selectlens.model.gpt2 import SelectionTransformer
 from selectlens.fileio import atomic_write
@@ -89,10 +89,40 @@ def evaluate_metric(task: TaskFamily, suite: BaselineSuite, batch: Batch, model_
     reference = suite.reference(fit)
     curves = group_curves({k: v.cpu() for k, v in preds.items()}, pointwise, groups, reference, metric,
                           {g: task.curve_metrics(g) for g in groups}, target.cpu())
+    if suite.non_selecting in pointwise and reference in pointwise:
+        mark_selection_shown(curves, pointwise, groups, reference, suite.non_selecting)
     return {"metric": metric, "metric_name": metric_name(task, metric), "predictors": table,
             "fit": fit.as_dict(), "best_honest": fit.best_honest, "reference": reference, "bound": suite.bound,
             "gap_closed": _gap_closed(losses, reference, suite.bound), "fit_summary": suite.describe_fit(fit, metric_name(task, metric)),
             "groups": curves}
+
+
+def mark_selection_shown(curves: dict[str, Any], pointwise: dict[str, torch.Tensor], groups: dict[str, torch.Tensor],
+                         reference: str, non_selecting: str) -> None:
+    """Per group and position: the excess of the best rule that does not select (``non_selecting``) over the
+    reference, and ``selection_shown``: whether the upper end of the model's paired excess CI lies below it."""
+    for g, mask in groups.items():
+        res = curves[g]
+        line = curve_ci(pointwise[non_selecting][mask] - pointwise[reference][mask])
+        res["non_selecting"] = non_selecting
+        res["non_selecting_excess"] = line
+        res["selection_shown"] = [bool(hi < m) for hi, m in zip(res["model_minus_reference"]["ci_high"], line["mean"])]
+
+
+def selection_statements(result: dict[str, Any]) -> list[str]:
+    """One sentence per group (σ level, …) where the model's excess-risk CI lies below the best non-selecting
+    rule's excess: "selection shown at sigma=0.1 for n ≥ 5" (or the list of n). Nothing where it is not shown."""
+    out = []
+    sizes = result["positions"]
+    for g, res in result["groups"].items():
+        if g == "all" or not any(res.get("selection_shown", [])):
+            continue
+        ns = [sizes[i] for i, shown in enumerate(res["selection_shown"]) if shown]
+        tail = ns[0] if ns == sizes[sizes.index(ns[0]):] else None
+        where = f"n ≥ {tail}" if tail is not None else "n ∈ {" + ", ".join(map(str, ns)) + "}"
+        out.append(f"selection shown at {g} for {where}: the upper end of the model's paired excess-risk CI over "
+                   f"{result['reference']} is below the excess of {res['non_selecting']}, the best rule that does not select")
+    return out
 
 
 def evaluate_predictions(task: TaskFamily, batch: Batch, model_pred: torch.Tensor, config: Config) -> dict[str, Any]:
@@ -121,7 +151,9 @@ def evaluate_predictions(task: TaskFamily, batch: Batch, model_pred: torch.Tenso
         "predictors": primary["predictors"],
         "groups": primary["groups"],
         "tables": {m: {k: v for k, v in t.items() if k != "groups"} for m, t in tables.items()},
-    }
+    } | ({"selection_shown": selection_statements({"positions": task.context_sizes, "groups": primary["groups"],
+                                                    "reference": primary["reference"]})}
+         if any("selection_shown" in res for res in primary["groups"].values()) else {})
 
 
 def evaluate_model(
@@ -177,6 +209,10 @@ def eval_markdown(result: dict[str, Any]) -> str:
                   *_table_markdown(t), "", fit_summary(t), "", gap_closed_text(t), ""]
     if len(result["positions"]) > 1:
         lines += curves_markdown(result)
+    if "selection_shown" in result:
+        shown = result["selection_shown"] or ["selection not shown at any σ and n: the model's paired excess-risk CI "
+                                              "never lies below the best non-selecting rule's excess"]
+        lines += ["## Does the model select?", "", *[f"- {s}" for s in shown], ""]
     lines += ["Sees: honest = only the tokens; latent = also a latent variable (α, σ, the type, x); oracle = the answer; "
               "bound = a reference no predictor of the tokens beats in expectation (not a competitor).", ""]
     return "\n".join(lines)
