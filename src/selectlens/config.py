@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
@@ -76,6 +76,14 @@ class DataConfig(_Section):
         """Checks across sections (e.g. the training loss a family allows); raise ValueError."""
         if config.training.loss != "mse":
             raise ValueError(f"training.loss must be mse for data.task {self.task}")
+        if config.training.curriculum is not None and not self.supports_curriculum:
+            raise ValueError(f"training.curriculum applies to the raw-data tasks, not data.task {self.task}")
+        cur = config.training.curriculum
+        if cur is not None and (cur.d_start > self.d_d or cur.n_start > self.N):
+            raise ValueError(f"training.curriculum starts at d {cur.d_start}, n {cur.n_start}, beyond the task's "
+                             f"d_d {self.d_d}, N {self.N}")
+
+    supports_curriculum: ClassVar[bool] = False
 
 
 # ---------------------------------------------------------------------------
@@ -197,6 +205,23 @@ class ModelConfig(_Section):
         return self
 
 
+class CurriculumConfig(_Section):
+    """Grow the problem during training (Garg et al.; Bai et al.): the effective dimension (coordinates
+    beyond it are zero in x and w) and the number of pairs, from a start by a step every ``every``
+    optimiser steps, up to the task's full ``d_d`` and ``N``. Eval always runs at full size."""
+
+    d_start: int = Field(..., ge=1, description="Effective dimension at step 0.")
+    d_inc: int = Field(1, ge=0, description="Added to the effective dimension at each stage.")
+    n_start: int = Field(..., ge=1, description="Pairs per sequence at step 0.")
+    n_inc: int = Field(1, ge=0, description="Pairs added at each stage.")
+    every: int = Field(..., ge=1, description="Optimiser steps per stage.")
+
+    def point(self, step: int, d: int, n: int) -> tuple[int, int]:
+        """``(d_eff, n_eff)`` at optimiser step ``step`` for a task of full size ``(d, n)``."""
+        stage = step // self.every
+        return min(d, self.d_start + stage * self.d_inc), min(n, self.n_start + stage * self.n_inc)
+
+
 class TrainingConfig(_Section):
     """Optimisation schedule."""
 
@@ -211,6 +236,7 @@ class TrainingConfig(_Section):
     loss_positions: Literal["all", "last"] = Field(
         "all", description="Raw tasks: average the loss over every x position, or use the last one only."
     )
+    curriculum: CurriculumConfig | None = Field(None, description="Raw-data tasks: grow d and N during training (off when null).")
     compile: bool = Field(False, description="torch.compile the loss (forward + backward); compile time counts in the run.")
     fused_adam: bool = Field(False, description="Adam's fused single-kernel update (CPU, CUDA): same maths, another trajectory.")
 

@@ -39,6 +39,8 @@ LAYOUTS = ("interleaved", "per_example")
 class RawData(DataConfig):
     """``data`` keys of the raw-data tasks (``N`` pairs of width ``d_d``)."""
 
+    supports_curriculum = True
+
     task: str = "mixed_noise_regression"
     N: int = Field(20, ge=2, description="Pairs (x, y) per sequence.")
     layout: Literal["interleaved", "per_example"] = Field(
@@ -147,6 +149,20 @@ class RawTask(TaskFamily):
     def curve_positions(self) -> list[int]:
         d, N = self.data.d_d, self.data.N
         return sorted({n for n in (d, 2 * d, N - 1) if n < N})
+
+    def sample_at(self, batch_size: int, generator: torch.Generator, d_eff: int, n_eff: int) -> tuple[RawBatch, RawBatch]:
+        """A batch of the reduced problem (dimension ``d_eff``, ``n_eff`` pairs), as the model sees it (x and w
+        zero beyond ``d_eff``, the full token width) and as the reduced task's baselines see it."""
+        small = self.reduced(d_eff, n_eff).sample(batch_size, generator)
+        pad = self.data.d_d - d_eff
+        x = torch.nn.functional.pad(small.x, (0, pad))
+        w = torch.nn.functional.pad(small.w, (0, pad))
+        full = type(small)(**{**small.as_dict(), "x": x, "w": w, "tokens": self.tokens(x, small.y)})
+        return full, small
+
+    def reduced(self, d_eff: int, n_eff: int) -> "RawTask":
+        """The task at a curriculum point (its baselines score the reduced problem)."""
+        return type(self).create(self.data.model_copy(update={"d_d": d_eff, "N": n_eff}), device=self.device, dtype=self.dtype)
 
     def tokens(self, x: Tensor, y: Tensor) -> Tensor:
         """The layout's tokens for pairs ``x [B, N, d]``, ``y [B, N]``."""

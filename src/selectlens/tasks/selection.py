@@ -74,6 +74,8 @@ class SelectionData(DataConfig):
     def check_config(self, config: Any) -> None:
         if config.training.loss == "bce" and not self.classification:
             raise ValueError("training.loss bce needs data.classification true")
+        if config.training.curriculum is not None:
+            raise ValueError("training.curriculum applies to the raw-data tasks, not data.task selection")
 
 
 @dataclass

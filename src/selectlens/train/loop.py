@@ -236,22 +236,57 @@ def train_step(state: TrainState, loss: LossFn, tokens: torch.Tensor, target: to
     return mean.detach()
 
 
-def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=None):
-    """Draw the epoch's fresh sequences, step through its shuffled train split once.
+@dataclass
+class CurriculumSplit:
+    """An epoch's test split at a curriculum point: what the model sees and what the reduced task's baselines see."""
 
-    Returns ``(mean train loss, test split)``.
-    """
-    batch = state.task.sample(plan.n_seq, state.data_gen)
-    train_b, test_b = batch[: plan.n_train], batch[plan.n_train :]
+    model_batch: Batch
+    baseline_batch: Batch
+    task: TaskFamily
+    point: tuple[int, int]
+
+
+def curriculum_point(state: TrainState) -> tuple[int, int]:
+    """``(d_eff, n_eff)`` at the current optimiser step (a function of the step alone, so a resume is exact)."""
+    data = state.config.data
+    return state.config.training.curriculum.point(state.step, data.d_d, data.N)
+
+
+def _curriculum_batches(state: TrainState, plan: EpochPlan):
+    """Per step, a fresh global batch at the current curriculum point; yields ``(tokens, target)``."""
+    for i in range(plan.steps_per_epoch):
+        size = min(plan.batch_size, plan.n_train - i * plan.batch_size)
+        batch, _ = state.task.sample_at(size, state.data_gen, *curriculum_point(state))
+        mine = distributed.rank_slice(state.dist, torch.arange(size, device=state.device))
+        yield batch.tokens[mine], batch.target[mine], size
+
+
+def _epoch_batches(state: TrainState, plan: EpochPlan, train_b: Batch):
     order = torch.randperm(plan.n_train, generator=state.shuffle_gen).to(state.device)
-    state.model.train()
-    total = torch.zeros((), device=state.device, dtype=torch.float64)
     for i in range(plan.steps_per_epoch):
         idx = order[i * plan.batch_size : (i + 1) * plan.batch_size]  # the global batch [B]
         mine = distributed.rank_slice(state.dist, idx)  # this rank's share [b_r]
+        yield train_b.tokens[mine], train_b.target[mine], len(idx)
+
+
+def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=None):
+    """Draw the epoch's fresh sequences, step through its shuffled train split once. With a curriculum,
+    each step draws its own batch at the current point, and the test split is drawn at the epoch's end.
+
+    Returns ``(mean train loss, test split)``.
+    """
+    if state.config.training.curriculum is None:
+        batch = state.task.sample(plan.n_seq, state.data_gen)
+        train_b, test_b = batch[: plan.n_train], batch[plan.n_train :]
+        batches = _epoch_batches(state, plan, train_b)
+    else:
+        batches = _curriculum_batches(state, plan)
+    state.model.train()
+    total = torch.zeros((), device=state.device, dtype=torch.float64)
+    for i, (tokens, target, size) in enumerate(batches):
         lr = learning_rate(state.config, state.step, plan.total_steps)
         try:
-            value = train_step(state, loss, train_b.tokens[mine], train_b.target[mine], lr, global_batch=len(idx))
+            value = train_step(state, loss, tokens, target, lr, global_batch=size)
         except _NonFiniteLoss:
             raise TrainingError(
                 f"non-finite loss at epoch {epoch + 1} step {i + 1} (global step {state.step + 1}); "
@@ -262,6 +297,10 @@ def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=
             bar.update(1)
             if i % 10 == 0:
                 bar.set_postfix(epoch=epoch + 1, loss=f"{value.item():.4f}", refresh=False)
+    if state.config.training.curriculum is not None:
+        point = curriculum_point(state)
+        model_b, base_b = state.task.sample_at(plan.n_seq - plan.n_train, state.data_gen, *point)
+        test_b = CurriculumSplit(model_b, base_b, state.task.reduced(*point), point)
     return float(total) / plan.steps_per_epoch, test_b
 
 
@@ -277,9 +316,15 @@ def epoch_record(state: TrainState, epoch: int, train_loss: float, test_b, basel
     }
 
 
-def split_losses(state: TrainState, test_b: Batch, baselines) -> dict[str, Any]:
-    """The model's and every baseline's test loss on the epoch's test split."""
+def split_losses(state: TrainState, test_b: Batch | CurriculumSplit, baselines) -> dict[str, Any]:
+    """The model's and every baseline's test loss on the epoch's test split (with a curriculum: at the current
+    point, the baselines those of the reduced problem, and the point in the record)."""
     t = state.config.training
+    if isinstance(test_b, CurriculumSplit):
+        reduced = suite_for(test_b.task).predictors(None)
+        out = evaluate_split(state.model, state.task, test_b.model_batch, reduced, t.loss, t.loss_positions,
+                             baseline_batch=test_b.baseline_batch)
+        return out | {"curriculum": {"d": test_b.point[0], "n": test_b.point[1]}}
     return evaluate_split(state.model, state.task, test_b, baselines, t.loss, t.loss_positions)
 
 
@@ -379,9 +424,10 @@ def _progress_bar(plan: EpochPlan, initial: int):
 
 @torch.no_grad()
 def evaluate_split(model: SelectionTransformer, task: TaskFamily, batch: Batch, baselines, kind: str,
-                   positions: str = "all") -> dict[str, Any]:
+                   positions: str = "all", baseline_batch: Batch | None = None) -> dict[str, Any]:
     """Test loss of the model and of every baseline on the same sequences, averaged over the read-out
-    positions the training loss uses (all, or the last); with several positions also ``test_loss_last``."""
+    positions the training loss uses (all, or the last); with several positions also ``test_loss_last``.
+    ``baseline_batch``: the same sequences as the baselines see them (a curriculum's reduced problem)."""
     target = batch.targets  # [B, P]
     used = slice(None) if positions == "all" else slice(-1, None)
 
@@ -393,5 +439,5 @@ def evaluate_split(model: SelectionTransformer, task: TaskFamily, batch: Batch, 
     out = {"test_loss": loss(pred)}
     if target.shape[1] > 1:
         out["test_loss_last"] = float(pointwise_loss(pred, target, kind)[:, -1].mean())
-    out["baselines"] = {name: loss(fn(batch)) for name, fn in baselines.items()}
+    out["baselines"] = {name: loss(fn(baseline_batch or batch)) for name, fn in baselines.items()}
     return out

@@ -1,0 +1,52 @@
+"""training.curriculum: the point grows with the optimiser step, batches are the reduced problem padded to
+the model's width, each epoch records its point, a resume is bitwise exact, and eval runs at full size."""
+
+import json
+
+import pytest
+import torch
+
+from selectlens.config import ConfigError, load_config
+from selectlens.tasks import make_generator, make_task
+from selectlens.train import train
+
+CUR = "training.curriculum={d_start: 2, d_inc: 1, n_start: 4, n_inc: 5, every: 7}"
+TINY = ["data.train_samp_per_class=400", "training.batch_size=64", "model.n_embd=32", "model.n_layer=2",
+        "eval.temperature_sequences=200", "training.save_every_epochs=1", CUR]
+
+
+def test_point_schedule_and_refusals():
+    cfg = load_config("mixed_noise_cpu", [CUR])
+    cur = cfg.training.curriculum
+    assert [cur.point(s, 5, 20) for s in (0, 6, 7, 14, 21, 70)] == [(2, 4), (2, 4), (3, 9), (4, 14), (5, 19), (5, 20)]
+    with pytest.raises(ConfigError, match="curriculum applies to the raw-data tasks"):
+        load_config("default", [CUR])
+    with pytest.raises(ConfigError, match="beyond the task's"):
+        load_config("mixed_noise_cpu", ["training.curriculum={d_start: 9, n_start: 4, every: 7}"])
+
+
+def test_sample_at_pads_the_reduced_problem():
+    task = make_task(load_config("mixed_noise_cpu", ["data.layout=per_example"]))
+    full, small = task.sample_at(50, make_generator(0), 3, 6)
+    assert full.tokens.shape == (50, 6, 6) and small.tokens.shape == (50, 6, 4)
+    assert bool((full.x[..., 3:] == 0).all()) and torch.equal(full.x[..., :3], small.x)
+    assert torch.equal(full.tokens[..., :3], small.x) and torch.equal(full.y, small.y)
+    clean = (small.x @ small.w.unsqueeze(-1)).squeeze(-1) / 3**0.5  # the reduced problem's scale, 1/√d_eff
+    assert float(((small.y - clean) / small.sigma.unsqueeze(-1)).std()) == pytest.approx(1.0, abs=0.1)
+
+
+def test_epochs_record_their_point_and_resume_is_exact(tmp_path):
+    cfg = load_config("mixed_noise_cpu", TINY + ["training.epochs=4"])
+    train(cfg, tmp_path / "whole", progress=False)
+    half = load_config("mixed_noise_cpu", TINY + ["training.epochs=4"])
+    train(half, tmp_path / "split", progress=False, max_minutes=1e-9)  # stops after its first epoch
+    train(half, tmp_path / "split", resume=True, progress=False)
+    a = (tmp_path / "whole" / "model.safetensors").read_bytes()
+    b = (tmp_path / "split" / "model.safetensors").read_bytes()
+    assert a == b
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    cur = cfg.training.curriculum
+    for r in records:
+        d, n = cur.point(r["step"], 5, 20)
+        assert r["curriculum"] == {"d": d, "n": n}
+    assert records[0]["curriculum"]["n"] < records[-1]["curriculum"]["n"]
