@@ -64,12 +64,14 @@ for p in probes:
 plots.probe_figure(probes);"""),
     ("md", "## Ablation and activation patching\nPaired sequences share w, x and noise draws and differ only in α."),
     ("code", """import numpy as np
-from selectlens.interpret import head_ablation, activation_patching, paired_alpha_batches
+from selectlens.interpret import head_ablation, activation_patching
 from selectlens.tasks import make_task, make_generator
 abl = head_ablation(model, batch, "mse")
 print("mean-ablation Δloss per head:\\n", abl["mean_loss"].round(4))
 task = make_task(cfg)
-clean, corrupt = paired_alpha_batches(task, 128, make_generator(1), min(cfg.data.data_alphas), max(cfg.data.data_alphas))
+pair = task.paired_batches(128, make_generator(1))   # the lowest α against the highest
+print(f"paired sequences: {pair.latent} = {pair.clean_value:g} (clean) vs {pair.corrupt_value:g} (corrupted)")
+clean, corrupt = pair.clean, pair.corrupt
 patch = activation_patching(model, clean, corrupt, "mse")
 l, t = np.unravel_index(np.argmax(np.abs(patch["resid_output"])), patch["resid_output"].shape)
 print(f"largest residual patching effect: layer {l}, position {t}: {patch['resid_output'][l, t]:.3f}")

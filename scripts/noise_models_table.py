@@ -29,7 +29,7 @@ import torch
 def _runs(paths: list[Path]) -> list[Path]:
     """Run directories: the finished trials of a sweep directory, or the given runs."""
     from selectlens.sweeps.trial import read_status, trial_dir
-    from selectlens.sweeps.engine import read_sweep
+    from selectlens.sweeps.store import read_sweep
 
     if len(paths) == 1 and (paths[0] / "sweep.json").is_file():
         _, trials = read_sweep(paths[0])
@@ -43,10 +43,10 @@ def _label(levels: list[float]) -> str:
 
 def cross_evaluate(runs: list[Path], sequences: int, positions: list[int] | None = None) -> dict:
     """Every run's model and the raw baselines on one held-out mixture set; see the module docstring."""
-    from selectlens.baselines.raw import make_raw_baselines
+    from selectlens.baselines import pointwise_loss, suite_for
     from selectlens.config import load_config
     from selectlens.errors import SelectLensError
-    from selectlens.evaluate.context_length import context_length_result
+    from selectlens.evaluate.context_length import group_curves
     from selectlens.evaluate.runner import heldout_batch
     from selectlens.rundir import load_run_model
     from selectlens.sweeps.aggregate import t_interval
@@ -58,14 +58,24 @@ def cross_evaluate(runs: list[Path], sequences: int, positions: list[int] | None
     if positions is not None and any(not 0 <= n < mix.data.N for n in positions):  # before any model runs
         raise SelectLensError(f"--positions: n must be in 0..{mix.data.N - 1}")
     task = make_task(mix)
+    suite = suite_for(task)
+    fit = suite.fit(mix.seed, mix.eval.temperature_sequences, "mse")
     batch = heldout_batch(mix, sequences)
-    base = {name: fn(batch) for name, fn in make_raw_baselines(task).items()}
+    target = batch.targets.double().cpu()  # [B, N]
+    masks = {g: m.cpu() for g, m in task.groups(batch).items()}  # [B] bool each
+    base = {name: fn(batch).cpu() for name, fn in suite.predictors(fit).items()}  # each [B, N]
+    base_losses = {name: pointwise_loss(p.double(), target, "mse") for name, p in base.items()}
     per_run = {}
     for r in runs:
         model, _ = load_run_model(r)
-        res = context_length_result({"model": model.predict_x_positions(batch.tokens)} | base, batch, task=task.name)
+        pred = model.predict_positions(batch.tokens, task.readout).cpu()  # [B, N]
+        preds = {"model": pred} | base
+        losses = {"model": pointwise_loss(pred.double(), target, "mse")} | base_losses
+        res = {"groups": group_curves(preds, losses, masks, suite.reference(fit), "mse",
+                                      {g: task.curve_metrics(g) for g in masks}, target)}
         per_run[str(r)] = {"label": _label(sorted(float(s) for s in configs[r].data.noise_levels)),
                            "seed": configs[r].seed, "groups": res["groups"]}
+    res["table_positions"] = [task.context_sizes[i] for i in task.curve_positions()]
     ns = positions if positions is not None else res["table_positions"]
     groups = [g for g in res["groups"] if g.startswith("sigma=")]
     table = {}

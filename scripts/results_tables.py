@@ -152,9 +152,13 @@ def view_excess(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
     rows = []
     for src in sources:
         ev = _read_json(src / "eval.json")
-        if ev.get("layout") != "interleaved":
-            raise TableError(f"{src}: view excess needs a raw-data run (eval.json of a {ev.get('task')} run)")
-        ns = [int(n) for n in opts["positions"].split(",")] if "positions" in opts else ev["table_positions"]
+        sizes = ev.get("positions") or []  # the context size n at each read-out position
+        if len(sizes) < 2:
+            raise TableError(f"{src}: view excess needs a run read out at several positions (eval.json of a {ev.get('task')} run)")
+        wanted = [int(n) for n in opts["positions"].split(",")] if "positions" in opts else None
+        if wanted is not None and not set(wanted) <= set(sizes):
+            raise TableError(f"{src}: positions={opts['positions']}: n must be one of {sizes[0]}..{sizes[-1]}")
+        ns = [sizes.index(n) for n in wanted] if wanted is not None else ev["table_positions"]  # indices
         ref = ev["reference"]
         for g, res in ev["groups"].items():
             if "excess_risk_ratio" not in res:
@@ -162,7 +166,7 @@ def view_excess(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
             model, bayes, ratio = res["predictors"]["model"]["mse"], res["predictors"][ref]["mse"], res["excess_risk_ratio"]
             for n in ns:
                 rows.append(([src.name] if len(sources) > 1 else []) + [
-                    g, str(n), f"{_f(model['mean'][n], '.4f')} {_ci(model['ci_low'][n], model['ci_high'][n], '.4f')}",
+                    g, str(sizes[n]), f"{_f(model['mean'][n], '.4f')} {_ci(model['ci_low'][n], model['ci_high'][n], '.4f')}",
                     _f(bayes["mean"][n], ".4f"),
                     f"{_f(ratio['mean'][n], '+.3f')} {_ci(ratio['ci_low'][n], ratio['ci_high'][n], '+.3f')}"])
     head = (["run"] if len(sources) > 1 else []) + [

@@ -50,7 +50,7 @@ def test_eval_of_a_raw_run_recomputed_with_numpy(cli, raw_run):
     # the predictions, exported independently of the evaluator
     model, _ = load_run_model(run)
     batch = heldout_batch(cfg, 400)
-    preds = {"model": model.predict_x_positions(batch.tokens)}
+    preds = {"model": model.predict_positions(batch.tokens, make_task(cfg).readout)}
     preds.update({k: fn(batch) for k, fn in make_raw_baselines(make_task(cfg)).items()})
     preds = {k: v.double().numpy() for k, v in preds.items()}
     y = batch.target.double().numpy()
@@ -85,7 +85,7 @@ def test_eval_of_a_raw_run_recomputed_with_numpy(cli, raw_run):
     assert out["predictors"]["type_oracle"]["sees"] == "latent" and out["predictors"]["averaging"]["sees"] == "honest"
     assert out["table_positions"] == [3, 6, 7]
     md = (run / "eval.md").read_text()
-    assert md.startswith("# Evaluation over context length") and "| n = 3 | n = 6 | n = 7 |" in md
+    assert md.startswith("# Evaluation") and "## Error over context length" in md and "| n = 3 | n = 6 | n = 7 |" in md
     assert "## classification" in md and "sign error" in md
     assert (run / "context_length.png").stat().st_size > 5000
 

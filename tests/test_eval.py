@@ -81,7 +81,7 @@ def test_eval_json_contract(cli, tmp_path):
     assert "Gap closed" in (run / "eval.md").read_text()
     for name, e in preds.items():
         assert e["ci_low"] <= e["mse"] <= e["ci_high"]
-        assert set(e["per_alpha"]) == {"0.1", "0.8"}
+        assert set(e["per_group"]) == {"alpha=0.1", "alpha=0.8"}
         if name != "model":
             lo, hi = e["paired_diff_ci"]
             assert lo <= e["mse"] - preds["model"]["mse"] <= hi

@@ -6,7 +6,7 @@ from selectlens.config import load_config
 from selectlens.interpret import (
     activation_patching, analyze_attention, attention_patterns, direct_attribution, flat_weights,
     forward_from_weights, head_ablation, logit_lens, module_activations, nest, neuron_statistics,
-    paired_alpha_batches, query_roles, running_context_error, tl_weights,
+    query_roles, running_context_error, tl_weights,
 )
 from selectlens.interpret.probes import probe_scores
 from selectlens.model import ModelSpec, SelectionTransformer
@@ -228,9 +228,11 @@ def test_patching_one_differing_position_restores_the_clean_output():
     assert np.abs(np.delete(res["resid_output"][0], 3)).max() < 1e-4
 
 
-def test_paired_alpha_batches_differ_only_in_alpha():
+def test_paired_batches_differ_only_in_alpha():
     task, _ = _batch(1)
-    a, b = paired_alpha_batches(task, 20, make_generator(0), 0.1, 0.8)
+    pair = task.paired_batches(20, make_generator(0))  # the lowest α against the highest
+    assert (pair.latent, pair.clean_value, pair.corrupt_value) == ("α", 0.1, 0.8)
+    a, b = pair.clean, pair.corrupt
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.w, b.w)
     clean = (a.x_train @ a.w.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose((b.y_train - clean), 8 * (a.y_train - clean), atol=1e-5)

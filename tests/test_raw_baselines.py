@@ -8,12 +8,27 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
+from selectlens.baselines import suite_for
 from selectlens.baselines.raw import (
-    RAW_BASELINE_SEES, averaging, baseline_sees, bayes_mixture, labels_look_binary, least_squares,
-    logistic_regression, make_raw_baselines, nearest_neighbours, raw_baselines, ridge_filter,
+    RAW_BASELINE_SEES, averaging, bayes_mixture, labels_look_binary, least_squares,
+    logistic_regression, make_raw_baselines, nearest_neighbours, ridge_filter,
 )
+from selectlens.config import ConfigError, load_config
+from selectlens.tasks import make_task
 
 SIGMAS, PROBS = [0.1, 0.5], [0.3, 0.7]
+
+
+def _suite(task_name, sigmas=SIGMAS, probs=PROBS):
+    """The baseline suite of raw task ``task_name`` with noise levels ``sigmas`` drawn with ``probs``."""
+    cfg = load_config("mixed_noise_cpu", [f"data.task={task_name}", f"data.noise_levels={sigmas}",
+                                          f"data.noise_probs={probs}"])
+    return suite_for(make_task(cfg))
+
+
+def raw_baselines(task_name, sigmas=SIGMAS, probs=PROBS):
+    """Every baseline of raw task ``task_name`` (its suite's predictors)."""
+    return _suite(task_name, sigmas, probs).predictors(None)
 
 
 def _sample(B, N, d, *, seed=0, classification=None, sigmas=SIGMAS, dtype=torch.float64):
@@ -171,13 +186,17 @@ def test_oracle_sigma_ridge_uses_the_true_level_and_ls_when_noiseless():
 def test_every_baseline_shape_dtype_label_and_zero_at_n0():
     b = _sample(5, 7, 3, seed=11, classification=torch.tensor([True, False] * 2 + [False]), dtype=torch.float32)
     for task in ("mixed_noise_regression", "linear_or_logistic"):
-        for name, fn in raw_baselines(task, SIGMAS, PROBS).items():
+        suite = _suite(task)
+        for name, fn in suite.predictors(None).items():
             out = fn(b)
             assert out.shape == (5, 7) and out.dtype == torch.float32, name
             assert torch.all(out[:, 0] == 0) and torch.isfinite(out).all(), name
-            assert baseline_sees(name) in {"honest", "latent"}
+            assert suite.sees(name) in {"honest", "latent"}
+        assert suite.sees("oracle_sigma_ridge") == "latent" and suite.sees("ridge[0.1]") == "honest"
+        with pytest.raises(KeyError):
+            suite.sees("no_such_baseline")
     assert {k for k, v in RAW_BASELINE_SEES.items() if v == "latent"} == {"oracle_sigma_ridge", "type_oracle"}
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         raw_baselines("regression", SIGMAS, PROBS)
 
 

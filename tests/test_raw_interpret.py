@@ -9,7 +9,7 @@ import torch
 
 from selectlens.config import load_config
 from selectlens.interpret.raw_analyses import (
-    interleaved_content_features, least_squares_weights, paired_sigma_batches, probe_grid, raw_activation_patching,
+    interleaved_content_features, least_squares_weights, probe_grid, raw_activation_patching,
     role_blocks,
 )
 from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
@@ -69,24 +69,37 @@ def test_probe_grid_finds_planted_signal_and_its_null_does_not():
     assert acc[1].min() > 0.8 and acc[0].max() < 0.65 and acc_null.max() < 0.65  # sign of 3w₀ + noise: ≈ 0.9
 
 
-def test_paired_sigma_batches_differ_only_in_sigma():
-    cfg = load_config("mixed_noise_cpu", TINY + ["dtype=float64"])
-    clean, corrupt = paired_sigma_batches(make_task(cfg), 20, make_generator(0), 0.1, 0.5)
+def test_paired_batches_differ_only_in_sigma():
+    cfg = load_config("mixed_noise_cpu", TINY + ["dtype=float64", "data.noise_levels=[0.5, 0.1, 0.3]"])
+    pair = make_task(cfg).paired_batches(20, make_generator(0))  # the lowest σ against the highest
+    assert (pair.latent, pair.clean_value, pair.corrupt_value) == ("σ", 0.1, 0.5)
+    clean, corrupt = pair.clean, pair.corrupt
     assert torch.equal(clean.x, corrupt.x) and torch.equal(clean.w, corrupt.w)
     z_clean = (clean.y - (clean.x @ clean.w.unsqueeze(-1)).squeeze(-1) / np.sqrt(2)) / 0.1
     z_corrupt = (corrupt.y - (corrupt.x @ corrupt.w.unsqueeze(-1)).squeeze(-1) / np.sqrt(2)) / 0.5
     torch.testing.assert_close(z_clean, z_corrupt)
     assert torch.all(clean.sigma == 0.1) and torch.all(corrupt.sigma == 0.5)
+    assert torch.all(clean.is_regression) and torch.all(corrupt.is_regression)
+    one_level = load_config("mixed_noise_cpu", TINY + ["data.noise_levels=[0.2]"])
+    assert make_task(one_level).paired_batches(5, make_generator(0)) is None  # nothing to pair
 
 
-def test_layer0_patching_equals_swapping_the_token():
-    """Patching resid_pre of block 0 at position t is the same as giving the corrupted run the clean token t."""
-    cfg = load_config("mixed_noise_cpu", TINY + ["dtype=float64"])
+@pytest.mark.parametrize("layout", ["interleaved", "per_example"])
+def test_layer0_patching_equals_swapping_the_token(layout):
+    """Patching resid_pre of block 0 at position t is the same as giving the corrupted run the clean token t
+    (read out at the last read-out position: the last x-token, T − 2 interleaved, T − 1 per example)."""
+    cfg = load_config("mixed_noise_cpu", TINY + ["dtype=float64", f"data.layout={layout}"])
     torch.manual_seed(0)
     model = SelectionTransformer(ModelSpec.from_config(cfg)).double().eval()
-    clean, corrupt = paired_sigma_batches(make_task(cfg), 30, make_generator(1), 0.1, 0.5)
-    res = raw_activation_patching(model, clean, corrupt)
-    q = clean.tokens.shape[1] - 2
+    task = make_task(cfg)
+    pair = task.paired_batches(30, make_generator(1))
+    clean, corrupt = pair.clean, pair.corrupt
+    T = clean.tokens.shape[1]
+    q = list(range(T))[task.readout][-1]
+    assert q == {"interleaved": T - 2, "per_example": T - 1}[layout]
+    res = raw_activation_patching(model, clean, corrupt, q)
+    if layout == "interleaved":  # the default position is the last x-token of interleaved tokens
+        np.testing.assert_array_equal(raw_activation_patching(model, clean, corrupt)["resid_output"], res["resid_output"])
     with torch.no_grad():
         c, k = model(clean.tokens).raw[:, q], model(corrupt.tokens).raw[:, q]
         for t in range(q + 1):
@@ -97,6 +110,7 @@ def test_layer0_patching_equals_swapping_the_token():
             assert res["resid_output"][0, t] == pytest.approx(expected, abs=1e-9)
     assert res["resid_output"].shape == (2, q + 1) and res["head_output"].shape == (2, 2)
     assert res["resid_output"][0, 0] == pytest.approx(0.0, abs=1e-9)  # x-token 0 is the same in both
+    assert float(res["corrupt_loss"]) == pytest.approx(float(((k - corrupt.target[:, -1]) ** 2).mean()), rel=1e-12)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ from scipy import stats
 
 from selectlens.config import ConfigError, load_config
 from selectlens.tasks import (
-    DataFileError, LinearOrLogisticTask, MixedNoiseRegressionTask, RawBatch, load_task_batch, make_generator,
+    DataFileError, LinearOrLogisticTask, MixedNoiseRegressionTask, RawBatch, RawTask, load_task_batch, make_generator,
     make_task, save_task_batch,
 )
 
 
 def _cfg(task="mixed_noise_regression", *overrides):
-    return load_config(None, [f"data.task={task}", "data.N=7", "data.d_d=3", *overrides])
+    return load_config("mixed_noise_cpu", [f"data.task={task}", "data.N=7", "data.d_d=3", *overrides])
 
 
 def test_interleaved_token_layout():
@@ -35,6 +35,7 @@ def test_interleaved_token_layout():
 def test_regression_labels_recomputed_in_numpy():
     """y = xᵀw/√d + σz: the residual divided by σ must be standard normal, and σ from noise_levels."""
     cfg = _cfg("mixed_noise_regression", "data.noise_levels=[0.2, 0.7]", "dtype=float64")
+    assert isinstance(make_task(cfg), MixedNoiseRegressionTask)
     batch = make_task(cfg).sample(400, make_generator(1))
     x, w, y, s = (batch.x.numpy(), batch.w.numpy(), batch.y.numpy(), batch.sigma.numpy())
     clean = np.einsum("bnd,bd->bn", x, w) / np.sqrt(3)
@@ -42,7 +43,7 @@ def test_regression_labels_recomputed_in_numpy():
     assert set(np.unique(s)) == {0.2, 0.7}
     assert stats.kstest(z.ravel(), "norm").pvalue > 1e-3
     # Rebuilding from the same x, w, z gives back the labels exactly; another σ only changes the noise.
-    again = MixedNoiseRegressionTask.build(batch.x, batch.w, torch.from_numpy(z), batch.sigma, batch.is_regression)
+    again = make_task(cfg).build(batch.x, batch.w, torch.from_numpy(z), batch.sigma, batch.is_regression)
     np.testing.assert_allclose(again.y.numpy(), y, atol=1e-12)
 
 
@@ -87,7 +88,7 @@ def test_config_keys_validated_and_sizes():
     cfg = _cfg()
     assert cfg.data.n_features == 4 and cfg.data.n_positions == 14 and cfg.data.layout == "interleaved"
     sel = load_config("model_selection")
-    assert sel.data.task == "selection" and sel.data.n_positions == sel.data.N and sel.data.layout == "selection"
+    assert sel.data.task == "selection" and sel.data.n_positions == sel.data.N and make_task(sel).layout == "selection"
     bad = {
         "data.noise_probs=[0.5]": "noise_probs has 1 entries",
         "data.noise_probs=[0.5, 0.6]": "sum to 1",
@@ -129,7 +130,7 @@ def test_raw_presets_validate_and_build(preset):
     from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 
     cfg = load_config(preset)
-    assert cfg.data.is_raw
+    assert isinstance(make_task(cfg), RawTask) and make_task(cfg).layout == "interleaved"
     spec = ModelSpec.from_config(cfg)
     assert (spec.n_features, spec.n_positions) == (cfg.data.d_d + 1, 2 * cfg.data.N)
     if preset == "mixed_noise":
@@ -137,4 +138,4 @@ def test_raw_presets_validate_and_build(preset):
         return
     model = SelectionTransformer(spec)
     batch = make_task(cfg).sample(3, make_generator(0))
-    assert model.predict_x_positions(batch.tokens).shape == (3, cfg.data.N)
+    assert model.predict_positions(batch.tokens, make_task(cfg).readout).shape == (3, cfg.data.N)

@@ -94,7 +94,8 @@ def test_cli_data_train_predict_round_trip(cli, tmp_path):
     res = cli("train", "--config", "linear_or_logistic_cpu", *TINY_SET, "--set", "training.epochs=1",
               "--out", str(run), "--quiet")
     assert res.returncode == 0, res.stderr
-    assert "Bayes mixture" in res.stdout
+    printed = float(re.search(r"\(bayes_posterior_mixture ([0-9.]+)\)", res.stdout).group(1))  # the reference
+    assert printed == pytest.approx(read_jsonl(run / "metrics.jsonl")[-1]["baselines"]["bayes_posterior_mixture"], abs=1e-5)
     out = tmp_path / "pred.safetensors"
     res = cli("predict", "--run", str(run), "--data", str(data), "--out", str(out))
     assert res.returncode == 0, res.stderr
@@ -103,7 +104,7 @@ def test_cli_data_train_predict_round_trip(cli, tmp_path):
     batch, _ = load_task_batch(data)
     expected = model.predict_positions(batch.tokens, make_task(model_cfg).readout)
     assert pred.shape == (25, 6) and torch.allclose(pred, expected, atol=1e-6)
-    printed = float(re.search(r"MSE over all x positions: ([0-9.]+)", res.stdout).group(1))
+    printed = float(re.search(r"MSE over all read-out positions: ([0-9.]+)", res.stdout).group(1))
     assert printed == pytest.approx(((expected - batch.target) ** 2).mean().item(), abs=1e-5)
     # A selection data file does not fit a raw model: one line, exit 2, nothing written.
     sel = tmp_path / "sel.safetensors"

@@ -103,18 +103,21 @@ def test_unknown_region_and_missing_source_are_one_line_errors(small_run, tmp_pa
 
 
 def test_eval_rows_reads_the_raw_schema():
-    """Raw runs' eval.json (context_length_result): the all-position summary, model first."""
+    """Raw runs' eval.json (evaluate_predictions, one schema for every family): the all-position summary, model first."""
     import torch
 
-    from selectlens.baselines.raw import make_raw_baselines
+    from selectlens.baselines import suite_for
     from selectlens.config import load_config
-    from selectlens.evaluate.context_length import context_length_result
+    from selectlens.evaluate import evaluate_predictions
     from selectlens.tasks import make_generator, make_task
 
-    task = make_task(load_config("mixed_noise_cpu"))
+    cfg = load_config("mixed_noise_cpu")
+    task = make_task(cfg)
     batch = task.sample(64, make_generator(0))
-    preds = {"model": torch.zeros_like(batch.target), **{n: f(batch) for n, f in make_raw_baselines(task).items()}}
-    ev = json.loads(json.dumps(context_length_result(preds, batch, task=task.name, seed=0)))
+    suite = suite_for(task)  # eval fits the suite on training data (the best single-λ ridge) as here
+    fitted = suite.predictors(suite.fit(cfg.seed, cfg.eval.temperature_sequences))
+    preds = {"model": torch.zeros_like(batch.target), **{n: f(batch) for n, f in fitted.items()}}
+    ev = json.loads(json.dumps(evaluate_predictions(task, batch, preds["model"], cfg)))
     rows = _script().eval_rows(ev)
     assert [r["predictor"] for r in rows] == list(preds)
     for r in rows:
@@ -123,7 +126,7 @@ def test_eval_rows_reads_the_raw_schema():
         if r["predictor"] != "model":
             model = (batch.target.double() ** 2).mean(1)
             assert r["diff"] == pytest.approx(float((per_seq - model).mean()), rel=1e-9, abs=1e-12)
-    with pytest.raises(Exception, match="only the squared error"):
+    with pytest.raises(Exception, match="no 'bce' table"):
         _script().eval_rows(ev, "bce")
 
 

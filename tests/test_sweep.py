@@ -182,7 +182,7 @@ def test_sigkill_driver_then_resume_equals_uninterrupted(ray_session, tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"grid": {"data.NN": [5, 6]}}, "trial data.NN=5_seed=0: unknown config key data.NN (did you mean data.N?)"),
+    ({"grid": {"data.NN": [5, 6]}}, "trial data.NN=5_seed=0: unknown config key data.NN for data.task selection (did you mean data.N?)"),
     ({"grid": {"data.N": [5, 1]}}, "trial data.N=1_seed=0: config key data.N: Input should be greater than or equal to 2"),
     ({"set": {"training.lr": -1}}, "trial seed=0: config key training.lr: Input should be greater than 0"),
     ({"sets": {}}, "unknown sweep spec key 'sets'"),
@@ -291,3 +291,40 @@ def test_sweep_report_escapes_user_strings(tmp_path):
     create_sweep_dir(out, spec, spec.trials())
     text = write_sweep_report(out).read_text()
     assert "<script>" not in text and "&lt;script&gt;" in text and "a&amp;b" in text
+
+
+RAW_TINY = {"data.train_samp_per_class": 400, "training.epochs": 8, "training.batch_size": 32, "eval.sequences": 400,
+            "eval.temperature_sequences": 200, "model.n_embd": 16, "model.n_layer": 1, "data.N": 8,
+            "training.warmup_steps": 0, "training.schedule": "constant"}
+
+
+def test_asha_stops_the_worse_trial_and_the_report_draws_every_curve(ray_session, tmp_path):
+    """One trial at a time, the good learning rate first: at the first rung (4 epochs = 1,440 sequences) ASHA
+    compares the hopeless lr = 1e-7 with it and stops it; a resume does not run a stopped trial again."""
+    spec = write_spec(tmp_path / "asha.yaml", base="mixed_noise_cpu", set=RAW_TINY, grid={"training.lr": [0.003, 1.0e-7]},
+                      seeds=[0], stages=["train", "eval"],
+                      scheduler={"asha": {"metric": "excess_ratio", "time": "sequences", "max": 2880, "grace": 1440,
+                                          "reduction": 2}})
+    result = run_sweep(load_spec(spec), tmp_path / "sweep", max_concurrent=1, echo=lambda line: None)
+    good, bad = result.statuses["training.lr=0.003_seed=0"], result.statuses["training.lr=1e-07_seed=0"]
+    assert good["status"] == "done" and bad["status"] == "stopped"
+    trials = tmp_path / "sweep" / "trials"
+    epochs = lambda name: len((trials / name / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+    assert epochs("training.lr=0.003_seed=0") == 8 and epochs("training.lr=1e-07_seed=0") < 8
+    assert (trials / "training.lr=0.003_seed=0" / "eval.json").is_file()
+    assert not (trials / "training.lr=1e-07_seed=0" / "eval.json").exists()
+    again = run_sweep(None, tmp_path / "sweep", resume=True, echo=lambda line: None)
+    assert again.statuses["training.lr=1e-07_seed=0"]["status"] == "stopped"
+    from selectlens.sweeps.report import write_sweep_report
+
+    html_text = write_sweep_report(tmp_path / "sweep").read_text()
+    assert "every trial&#x27;s training curve" in html_text or "every trial's training curve" in html_text
+
+
+def test_asha_settings_are_checked():
+    base = {"base": "mixed_noise_cpu", "scheduler": {"asha": {"metric": "excess_ratio", "max": 100, "grace": 10}}}
+    assert parse_spec(base).asha["reduction"] == 3
+    for bad, message in (({"metric": "accuracy"}, "scheduler.asha.metric"), ({"grace": 1000}, "grace must not exceed max"),
+                         ({"rungs": 3}, "unknown spec scheduler.asha key"), ({"time": "epochs"}, "scheduler.asha.time")):
+        with pytest.raises(SpecError, match=message):
+            parse_spec({**base, "scheduler": {"asha": {**base["scheduler"]["asha"], **bad}}})

@@ -30,7 +30,8 @@ def test_smoothed_difference_matches_numpy(window):
 
 def test_curve_baseline_is_evals_best_honest_else_context_validation():
     metrics = _metrics()
-    assert curve_baseline(metrics, {"tables": {"mse": {"best_honest": "softmax_ensemble"}}}) == "softmax_ensemble"
+    ev = {"reference": "softmax_ensemble", "tables": {"mse": {"best_honest": "softmax_ensemble", "reference": "softmax_ensemble"}}}
+    assert curve_baseline(metrics, ev) == "softmax_ensemble"
     assert curve_baseline(metrics, None) == "context_validation_select"
     for m in metrics:
         del m["baselines"]["context_validation_select"]

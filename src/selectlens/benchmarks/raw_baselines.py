@@ -19,7 +19,6 @@ import torch
 
 from selectlens.baselines.raw import bayes_mixture
 from selectlens.benchmarks import sync
-from selectlens.config import DataConfig
 from selectlens.tasks import make_generator
 from selectlens.tasks.raw import MixedNoiseRegressionTask
 
@@ -61,7 +60,7 @@ def bench_baselines(
     sigmas = sigmas or [0.1, 0.5]
     probs = probs or [1.0 / len(sigmas)] * len(sigmas)
     dev = torch.device(device)
-    data = DataConfig(task="mixed_noise_regression", N=N, d_d=d, noise_levels=sigmas, noise_probs=probs)
+    data = MixedNoiseRegressionTask.Data(task="mixed_noise_regression", N=N, d_d=d, noise_levels=sigmas, noise_probs=probs)
     batch = MixedNoiseRegressionTask(data, device=dev).sample(sequences, make_generator(seed, dev))
     x, y = batch.x, batch.y
     bayes_mixture(x[:64], y[:64], sigmas, probs)  # warm-up

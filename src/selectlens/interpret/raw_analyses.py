@@ -10,8 +10,8 @@ beside a null:
 * :func:`raw_probes` — linear probes at every layer and x position for w (R² per coordinate
   and mean), σ (accuracy vs the majority rate), the Bayes posterior weight of each noise level
   (R²) and the least-squares estimate (R²), split by sequence, each with a shuffled-label null;
-* :func:`paired_sigma_batches` / :func:`raw_activation_patching` — sequences that differ only
-  in σ (same w, x, z), clean activations patched into the corrupted run.
+* :func:`raw_activation_patching` — on sequences that differ only in σ (same w, x, z; the task's
+  ``paired_batches``), clean activations patched into the corrupted run.
 """
 
 from __future__ import annotations
@@ -246,18 +246,20 @@ def raw_probes(model: SelectionTransformer, batch: Any, noise_levels: list[float
 
 
 @torch.no_grad()
-def raw_activation_patching(model: SelectionTransformer, clean: Any, corrupt: Any) -> dict[str, np.ndarray]:
-    """Patch clean activations into the corrupted run; effect on the prediction at the last x-token.
+def raw_activation_patching(model: SelectionTransformer, clean: Any, corrupt: Any,
+                            position: int | None = None) -> dict[str, np.ndarray]:
+    """Patch clean activations into the corrupted run; effect on the prediction at the last x-token
+    (``position``: the last read-out position; default ``T − 2``, the last x-token of interleaved tokens).
 
-    ``resid_output [n_layer, 2N−1]``: ``blocks.{l}.hook_resid_pre`` patched at one position
-    (positions after the last x-token cannot reach it); ``head_output [n_layer, n_head]``: one
+    ``resid_output [n_layer, position + 1]``: ``blocks.{l}.hook_resid_pre`` patched at one position
+    (positions after the read-out cannot reach it); ``head_output [n_layer, n_head]``: one
     head's ``z`` patched at every position. Effects are normalised: 0 = the corrupted
     prediction, 1 = the clean one (the mean per-sequence shift towards the clean prediction over
     the mean |clean − corrupt| gap). ``*_loss``: the patched run's squared error at the last
     x-token against the corrupted target.
     """
     L, H = model.spec.n_layer, model.spec.n_head
-    q = clean.tokens.shape[1] - 2  # the last x-token
+    q = clean.tokens.shape[1] - 2 if position is None else position  # the last read-out position
 
     def last(tokens: Tensor, hooks=()) -> Tensor:
         return model.run_with_hooks(tokens, fwd_hooks=list(hooks)).raw[:, q]

@@ -196,7 +196,8 @@ def _attention_rows(heads: list[dict]) -> str:
 
 
 def render_sections(numbers: dict, pngs: dict[str, bytes], cluster_text: str, cv_path) -> str:
-    """The HTML of the selection-layout sections (findings, selection rule, attention, probes, …)."""
+    """The HTML of the selection-layout sections (selection rule, attention, probes, …); the findings
+    (``numbers["findings"]``) open the page, above training, in :func:`selectlens.interpret.report.render_html`."""
     esc = html.escape
     probe_rows = "".join(
         f"<tr><td>{esc(k)}</td><td>{v['metric']}</td><td>{v['best']:.3f}</td><td>layer {v['best_at'][0]}, position {v['best_at'][1]}</td>"
@@ -219,9 +220,7 @@ def render_sections(numbers: dict, pngs: dict[str, bytes], cluster_text: str, cv
     S = numbers["attention_patterns_shown"].shape[1]
     sample_opts = "".join(f"<option value='{s}'>sample {s}</option>" for s in range(S))
     cv_link = f"<p><a href='{esc(cv_path.name)}'>circuitsvis attention view</a> (offline copy)</p>" if cv_path else ""
-    return f"""<section id="findings"><h2>Findings</h2><p>Generated from the numbers below; each links to its panel.</p>
-<ul>{''.join(f"<li>{esc(text)} <a href='#{anchor}'>[{anchor}]</a></li>" for text, anchor in numbers['findings'])}</ul></section>
-{_rule_html(numbers, pngs)}
+    return f"""{_rule_html(numbers, pngs)}
 <section id="attention"><h2>Attention</h2>
 <label>head <select id="head-select">{options}</select></label>
 <label>sample <select id="sample-select">{sample_opts}</select></label>

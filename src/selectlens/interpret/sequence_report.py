@@ -40,7 +40,8 @@ def sequence_sections(ctx) -> str:
     pair = task.paired_batches(min(ctx.sequences, 256), make_generator(stream_seed(cfg.seed, PATCH_STREAM), ctx.device))
     if pair is not None:
         ctx.say(f"activation patching between sequences that differ only in {pair.latent}")
-        numbers["patching"] = _patching(model, pair, pngs)
+        last = list(range(pair.clean.tokens.shape[1]))[task.readout][-1]  # the last read-out position
+        numbers["patching"] = _patching(model, pair, pngs, last)
     return render_sections(ctx.ev, pngs, numbers)
 
 
@@ -100,11 +101,11 @@ def _probe_numbers(p: RawProbe) -> dict[str, Any]:
             "last_position_by_layer": p.scores[:, -1], "per_column": p.per_column}
 
 
-def _patching(model, pair, pngs: dict[str, bytes]) -> dict[str, Any]:
+def _patching(model, pair, pngs: dict[str, bytes], position: int) -> dict[str, Any]:
     clean, corrupt = pair.clean, pair.corrupt
     dtype = next(model.parameters()).dtype
     clean.tokens, corrupt.tokens = clean.tokens.to(dtype), corrupt.tokens.to(dtype)
-    res = raw_activation_patching(model, clean, corrupt)
+    res = raw_activation_patching(model, clean, corrupt, position)
     pngs["patching"] = _png(plots.effects_figure({"resid_pre patched (effect, 1 = clean)": res["resid_output"]},
                                                  xlabel="position (x-token i at 2i)"))
     pngs["patching_heads"] = _png(plots.effects_figure({"head z patched (effect)": res["head_output"]}, xlabel="head"))

@@ -38,7 +38,8 @@ from selectlens.fileio import atomic_write, fsync_dir, probe_writable
 from selectlens.sweeps.aggregate import write_summary
 from selectlens.sweeps.spec import SweepSpec, Trial, spec_yaml
 from selectlens.sweeps.store import SweepDirError, read_sweep
-from selectlens.sweeps.trial import read_status, run_trial
+from selectlens.config import config_from_dict
+from selectlens.sweeps.trial import FINAL, TrialStopped, read_status, run_trial, write_status
 
 
 @dataclass
@@ -114,7 +115,7 @@ def run_sweep(
         create_sweep_dir(out, spec, trials, force=force)
     lock = _DriverLock(out)
     try:
-        pending = [t for t in trials if read_status(out, t.name).get("status") != "done"]
+        pending = [t for t in trials if read_status(out, t.name).get("status") not in FINAL]
         echo(f"sweep {out}: {len(trials)} trials, {len(trials) - len(pending)} done, {len(pending)} to run")
         if pending:
             _run_on_ray(spec, out, pending, len(trials) - len(pending), address, max_concurrent, echo)
@@ -124,13 +125,55 @@ def run_sweep(
     return SweepResult(out, {t.name: read_status(out, t.name) for t in trials})
 
 
-def _trainable(config: dict[str, Any], sweep_dir: str, configs: dict[str, dict], stages: list[str], threads: int) -> None:
-    """The Tune function trainable: runs one trial and reports its final status once."""
+def _trainable(config: dict[str, Any], sweep_dir: str, configs: dict[str, dict], stages: list[str], threads: int,
+               max_minutes: float | None = None) -> None:
+    """The Tune function trainable: runs one trial, reports every training epoch (for a scheduler) and its
+    final status."""
+    import time
+
     from ray import tune
 
     name = config["name"]
-    record = run_trial(sweep_dir, name, configs[name], stages, threads)
-    tune.report({"status": record["status"], "error": record.get("error") or ""})
+    started, last = time.monotonic(), {}
+    reference = _reference_name(configs[name])
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        last.update(epoch_report(record, reference, (time.monotonic() - started) / 60))
+        tune.report(dict(last))
+        if _stop_requested():
+            raise TrialStopped()
+
+    record = run_trial(sweep_dir, name, configs[name], stages, threads, on_epoch=on_epoch, max_minutes=max_minutes)
+    tune.report({**last, "status": record["status"], "error": record.get("error") or ""})
+
+
+def _stop_requested() -> bool:
+    """Whether Tune has stopped this trial (its scheduler decided so); the function keeps running otherwise."""
+    from ray.train._internal.session import get_session
+
+    event = getattr(get_session(), "stop_event", None)
+    return bool(event is not None and event.is_set())
+
+
+def _reference_name(config: dict[str, Any]) -> str | None:
+    """The reference baseline a trial's epochs are measured against, where the family names one up front."""
+    from selectlens.baselines import suite_for
+    from selectlens.tasks.protocol import make_task
+
+    try:
+        return suite_for(make_task(config_from_dict(config, stored=True), device="cpu")).reference_name()
+    except NotImplementedError:  # chosen on training data (selection tasks): only test_loss is reported
+        return None
+
+
+def epoch_report(record: dict[str, Any], reference: str | None, minutes: float) -> dict[str, Any]:
+    """What a trial reports to the scheduler after an epoch: sequences, minutes, test_loss and, with a
+    reference, ``excess_ratio`` = test loss / the reference's − 1 on the same test split."""
+    out = {"sequences": int(record["sequences"]), "minutes": minutes, "test_loss": float(record["test_loss"])}
+    ref = record.get("baselines", {}).get(reference)
+    if ref:
+        out["excess_ratio"] = out["test_loss"] / ref - 1
+    return out
 
 
 def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, address, max_concurrent, echo) -> None:
@@ -153,22 +196,50 @@ def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, addres
         trainable = tune.with_parameters(
             _trainable, sweep_dir=str(out), configs={t.name: t.config.to_dict() for t in pending},
             stages=list(spec.stages), threads=max(1, int(spec.cpus)),
+            max_minutes=spec.asha["max"] if spec.asha and spec.asha["time"] == "minutes" else None,
         )
         trainable = tune.with_resources(trainable, {"cpu": spec.cpus, "gpu": spec.gpus})
         progress = _make_progress_callback()(out, [t.name for t in pending], already_done, echo)
         tuner = tune.Tuner(
             trainable,
             param_space={"name": tune.grid_search([t.name for t in pending])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or 0, num_samples=1),
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or 0, num_samples=1,
+                                        scheduler=_asha(spec.asha)),
             run_config=tune.RunConfig(
                 name="tune", storage_path=str(out / ".ray"), verbose=0, callbacks=[progress],
                 failure_config=tune.FailureConfig(max_failures=0), log_to_file=True,
             ),
         )
-        tuner.fit()
+        results = tuner.fit()
+        _mark_stopped(out, results)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _asha(settings: dict[str, Any] | None):
+    """Ray Tune's ASHA scheduler for the spec's settings (None: every trial runs to its end)."""
+    if not settings:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    # The budget itself is the trial's (its epochs capped in sequences, its training time in minutes), so that a
+    # trial that uses all of it still evaluates; ASHA's own stop at max_t lies just beyond it.
+    return ASHAScheduler(time_attr=settings["time"], metric=settings["metric"], mode="min", max_t=settings["max"] * 1.01 + 1,
+                         grace_period=settings["grace"], reduction_factor=settings["reduction"])
+
+
+def _mark_stopped(out: Path, results) -> None:
+    """Trials the scheduler ended early keep their run (checkpoints, metrics) and get status ``stopped``."""
+    for result in results:
+        name = (result.config or {}).get("name")
+        if not name:
+            continue
+        record = read_status(out, name)
+        if record.get("status") == "running":
+            metrics = result.metrics or {}
+            record.update(status="stopped", error=None, stopped_at={k: metrics.get(k) for k in ("sequences", "minutes")})
+            write_status(out, name, record)
 
 
 def _make_progress_callback():

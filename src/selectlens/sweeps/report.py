@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from pathlib import Path
 from typing import Any
 
 from selectlens.fileio import atomic_write
 from selectlens.interpret.page import page, png
+from selectlens.rundir import read_jsonl
+from selectlens.sweeps.trial import trial_dir
 from selectlens.sweeps.aggregate import collect, group_rows, group_table, shown_baselines, t_interval, trial_table
 
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
@@ -97,6 +98,48 @@ def seed_figure(rows: list[dict[str, Any]], metric: str, label: str):
     return fig
 
 
+def trial_curves(sweep_dir: Path, data: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """Every trial's training curve from its ``metrics.jsonl`` (finished, stopped or running): sequences and
+    the test loss, with the reference baseline's loss on the same split where the trial logs one."""
+    curves = {}
+    for row in data["rows"]:
+        path = trial_dir(sweep_dir, row["trial"]) / "metrics.jsonl"
+        records = read_jsonl(path) if path.is_file() else []
+        if records:
+            ref = row.get("best_honest") or next((n for n in ("bayes_posterior_mixture", "dmmse", "context_validation_select")
+                                                  if n in records[-1].get("baselines", {})), None)
+            curves[row["trial"]] = {"sequences": [r["sequences"] for r in records], "test_loss": [r["test_loss"] for r in records],
+                                    "status": row["status"],
+                                    **({"reference": [r["baselines"].get(ref, math.nan) for r in records], "reference_name": ref}
+                                       if ref else {})}
+    return curves
+
+
+def curves_figure(curves: dict[str, dict[str, Any]]):
+    """Every trial's curve: the test loss relative to the reference's (``test / reference − 1``) against the
+    training sequences, or the test loss where there is no reference; stopped trials dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    cmap = plt.get_cmap("tab20")
+    relative = all("reference" in c for c in curves.values())
+    for i, (name, c) in enumerate(sorted(curves.items())):
+        y = [t / r - 1 for t, r in zip(c["test_loss"], c["reference"])] if relative else c["test_loss"]
+        ax.plot(c["sequences"], y, "--" if c["status"] == "stopped" else "-", color=cmap(i % 20), lw=1.2,
+                label=f"{name} ({c['status']})")
+    ax.set_xlabel("training sequences")
+    ax.set_ylabel("test loss / reference − 1" if relative else "test loss")
+    ax.set_yscale("log")
+    ax.set_title("Every trial's curve" + (f" against {next(iter(curves.values()))['reference_name']}" if relative else "")
+                 + " (dashed: stopped early by the scheduler)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
 def _table(rows: list[list[str]], head: list[str], missing_rows: set[int] = frozenset()) -> str:
     esc = html.escape
     out = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
@@ -113,8 +156,8 @@ def render_sweep_html(sweep_dir: Path, data: dict[str, Any], groups: list[dict[s
     missing = {i for i, r in enumerate(data["rows"]) if "model_mse" not in r}
     n_done = len(data["rows"]) - len(missing)
     figs = "".join(
-        f"<div class='fig'><img alt='{esc(title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'></div>"
-        for title, png in pngs)
+        f"<div class='fig'><img alt='{esc(title)}' src='data:image/png;base64,{base64.b64encode(data_png).decode()}'></div>"
+        for title, data_png in pngs)
     return page(f"SelectLens sweep: {sweep_dir.name}", f"""<h1>Sweep {esc(sweep_dir.name)}</h1>
 <p id="status">{n_done} of {len(data['rows'])} trials finished{f"; {len(missing)} missing (marked in red)" if missing else ""}.
 Swept keys: {esc(', '.join(data['keys']) or '(seeds only)')}; seeds {esc(', '.join(map(str, data['seeds'])))}.
@@ -138,6 +181,9 @@ def write_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> 
                     pngs.append((f"{label} vs {key}", png(metric_figure(groups, data["keys"], key, metric, label))))
             else:
                 pngs.append((f"{label} per seed", png(seed_figure(data["rows"], metric, label))))
+    curves = trial_curves(sweep_dir, data)
+    if curves:
+        pngs.append(("every trial's training curve", png(curves_figure(curves))))
     path = Path(out) if out is not None else sweep_dir / "report.html"
     atomic_write(path, render_sweep_html(sweep_dir, data, groups, pngs).encode())
     return path

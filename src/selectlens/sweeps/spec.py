@@ -8,6 +8,8 @@ A spec is a YAML mapping::
     seeds: [0, 1]
     resources: {cpus: 1, gpus: 0}  # per trial; gpus may be a fraction (0.25 = four trials per GPU)
     stages: [train, eval]          # train → eval; interpret optional
+    scheduler:                     # optional early stopping (Ray Tune's ASHA) on each epoch's report
+      asha: {metric: excess_ratio, time: sequences, max: 2000000, grace: 200000, reduction: 3}
 
 The grid's Cartesian product times the seeds gives the trials. Every trial's
 config is built and validated here, before anything runs, so an unknown key or
@@ -29,7 +31,10 @@ import yaml
 from selectlens.config import Config, ConfigError, apply_overrides, config_from_dict, read_yaml, resolve_config_path
 from selectlens.errors import InputError
 
-SPEC_KEYS = ("base", "set", "grid", "seeds", "resources", "stages")
+SPEC_KEYS = ("base", "set", "grid", "seeds", "resources", "stages", "scheduler")
+ASHA_KEYS = ("metric", "time", "max", "grace", "reduction")
+ASHA_METRICS = ("test_loss", "excess_ratio")  # excess_ratio: test loss / the reference baseline's − 1
+ASHA_TIMES = ("sequences", "minutes")
 STAGES = ("train", "eval", "interpret")
 RESOURCE_KEYS = ("cpus", "gpus")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -66,6 +71,7 @@ class SweepSpec:
     gpus: float = 0.0
     stages: list[str] = field(default_factory=lambda: ["train", "eval"])
     base_dir: Path = Path(".")
+    asha: dict[str, Any] | None = None  # the ASHA scheduler's settings (see ASHA_KEYS), or None
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as written back to ``DIR/spec.yaml`` (base made absolute, so it resumes from anywhere)."""
@@ -76,7 +82,7 @@ class SweepSpec:
             "seeds": list(self.seeds),
             "resources": {"cpus": self.cpus, "gpus": self.gpus},
             "stages": list(self.stages),
-        }
+        } | ({"scheduler": {"asha": dict(self.asha)}} if self.asha else {})
 
     def base_raw(self) -> dict[str, Any]:
         """The base config mapping with the spec's ``set`` overrides applied."""
@@ -97,7 +103,7 @@ class SweepSpec:
                 name = trial_name(point, seed)
                 try:
                     overrides = [f"{k}={json.dumps(v)}" for k, v in point.items()] + [f"seed={seed}"]
-                    cfg = config_from_dict(apply_overrides(raw, overrides))
+                    cfg = self._within_budget(config_from_dict(apply_overrides(raw, overrides)))
                 except ConfigError as e:
                     raise SpecError(f"trial {name}: {e}") from None
                 out.append(Trial(name, point, seed, cfg))
@@ -106,6 +112,15 @@ class SweepSpec:
         if dup is not None:
             raise SpecError(f"two trials share the name {dup}: grid values must differ after making them file names")
         return out
+
+
+    def _within_budget(self, cfg: Config) -> Config:
+        """With an ASHA budget in sequences, a trial trains at most that many: its epochs are capped."""
+        if not self.asha or self.asha["time"] != "sequences":
+            return cfg
+        per_epoch = max(1, min(cfg.data.train_samp_per_class - 1, int(round(cfg.data.train_prop * cfg.data.train_samp_per_class))))
+        epochs = min(cfg.training.epochs, max(1, math.ceil(self.asha["max"] / per_epoch)))
+        return cfg if epochs == cfg.training.epochs else cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": epochs})})
 
 
 def _base_path(base: str, base_dir: Path) -> Path:
@@ -161,7 +176,7 @@ def parse_spec(raw: Any, *, base_dir: Path = Path(".")) -> SweepSpec:
     seeds = _seeds(raw.get("seeds", [0]))
     cpus, gpus = _resources(raw.get("resources"))
     stages = _stages(raw.get("stages", ["train", "eval"]))
-    spec = SweepSpec(base, overrides, grid, seeds, cpus, gpus, stages, base_dir)
+    spec = SweepSpec(base, overrides, grid, seeds, cpus, gpus, stages, base_dir, _scheduler(raw.get("scheduler")))
     _base_path(base, base_dir)
     return spec
 
@@ -220,6 +235,31 @@ def _stages(value: Any) -> list[str]:
     if chosen[0] != "train" or chosen != list(STAGES[: len(chosen)]):
         raise SpecError("spec stages must be train, train+eval or train+eval+interpret")
     return chosen
+
+
+def _scheduler(value: Any) -> dict[str, Any] | None:
+    """``{asha: {...}}`` → the ASHA settings with defaults, each checked (one line per problem)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or list(value) != ["asha"] or not isinstance(value["asha"], dict):
+        raise SpecError("spec key scheduler must be {asha: {metric, time, max, grace, reduction}}")
+    asha = value["asha"]
+    unknown = [str(k) for k in asha if k not in ASHA_KEYS]
+    if unknown:
+        raise SpecError(f"unknown spec scheduler.asha key {unknown[0]!r} (known: {', '.join(ASHA_KEYS)})")
+    out = {"metric": asha.get("metric", "excess_ratio"), "time": asha.get("time", "sequences"),
+           "max": asha.get("max"), "grace": asha.get("grace"), "reduction": asha.get("reduction", 3)}
+    if out["metric"] not in ASHA_METRICS:
+        raise SpecError(f"spec scheduler.asha.metric must be one of {', '.join(ASHA_METRICS)} (got {out['metric']!r})")
+    if out["time"] not in ASHA_TIMES:
+        raise SpecError(f"spec scheduler.asha.time must be one of {', '.join(ASHA_TIMES)} (got {out['time']!r})")
+    for key, lowest in (("max", 0), ("grace", 0), ("reduction", 1)):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= lowest:
+            raise SpecError(f"spec scheduler.asha.{key} must be a number > {lowest} (got {v!r})")
+    if out["grace"] > out["max"]:
+        raise SpecError("spec scheduler.asha.grace must not exceed max")
+    return out
 
 
 def spec_yaml(spec: SweepSpec) -> str:

@@ -20,7 +20,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from selectlens.config import Config, config_from_dict
 from selectlens.errors import SelectLensError
@@ -63,8 +63,14 @@ def trial_lock(sweep_dir: Path, name: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def run_trial(sweep_dir: str | Path, name: str, config: dict[str, Any], stages: list[str], threads: int) -> dict[str, Any]:
-    """Run (or continue) one trial; returns its final status record. Errors become ``status: failed``."""
+class TrialStopped(Exception):
+    """Raised from a trial's epoch report when its scheduler has stopped it (the run keeps what it wrote)."""
+
+
+def run_trial(sweep_dir: str | Path, name: str, config: dict[str, Any], stages: list[str], threads: int,
+              on_epoch: Callable[[dict[str, Any]], None] | None = None, max_minutes: float | None = None) -> dict[str, Any]:
+    """Run (or continue) one trial; returns its final status record. Errors become ``status: failed``.
+    ``on_epoch`` receives each training epoch's metrics record (a scheduler's report)."""
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
@@ -72,7 +78,7 @@ def run_trial(sweep_dir: str | Path, name: str, config: dict[str, Any], stages: 
     cfg = config_from_dict(config, stored=True)
     with trial_lock(sweep_dir, name):
         record = read_status(sweep_dir, name)
-        if record.get("status") == "done":
+        if record.get("status") in FINAL:
             return record
         done = [s for s in record.get("stages_done", []) if s in stages]
         record = {"status": "running", "stages_done": done, "error": None}
@@ -83,9 +89,14 @@ def run_trial(sweep_dir: str | Path, name: str, config: dict[str, Any], stages: 
                     rundir.check_interpret_memory(cfg, INTERPRET_SEQUENCES, "cpu", "lower the sweep's model or data size")
                 for stage in stages:
                     if stage not in done:
-                        _STAGES[stage](trial_dir(sweep_dir, name), cfg)
+                        if stage == "train":
+                            _train(trial_dir(sweep_dir, name), cfg, on_epoch, max_minutes)
+                        else:
+                            _STAGES[stage](trial_dir(sweep_dir, name), cfg)
                         done.append(stage)
                         write_status(sweep_dir, name, record)
+        except TrialStopped:
+            record.update(status="stopped", error=None)
         except SelectLensError as e:
             record.update(status="failed", error=str(e))
         except Exception as e:  # a trial's crash is reported as its error line; the sweep goes on
@@ -97,16 +108,26 @@ def run_trial(sweep_dir: str | Path, name: str, config: dict[str, Any], stages: 
         return record
 
 
-def _train(run: Path, cfg: Config) -> None:
+def _train(run: Path, cfg: Config, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+           max_minutes: float | None = None) -> None:
     from selectlens.train import train
+    from selectlens.train.sinks import MetricSinks
 
     if (run / "config.json").exists() and rundir.checkpoint_dirs(run):
         saved = rundir.read_run_config(run)
         if saved.to_dict() != cfg.to_dict():
             raise rundir.RunDirError(f"{run} holds a run with another config; move it away to rerun this trial")
-        train(saved, run, resume=True, progress=False)
+        train(saved, run, resume=True, progress=False, sinks=MetricSinks.from_config(saved, run, on_epoch),
+              max_minutes=max_minutes)
     else:  # never started, or killed before its first checkpoint: start over
-        train(cfg, run, force=True, progress=False)
+        train(cfg, run, force=True, progress=False, sinks=_sinks_after_start(cfg, run, on_epoch), max_minutes=max_minutes)
+
+
+def _sinks_after_start(cfg: Config, run: Path, on_epoch):
+    """Sinks for a new run (the run directory is made by ``train``, so wandb's id file comes after it)."""
+    from selectlens.train.sinks import MetricSinks
+
+    return MetricSinks(callback=on_epoch) if not cfg.wandb.project else None
 
 
 def _eval(run: Path, cfg: Config) -> None:
@@ -118,6 +139,7 @@ def _eval(run: Path, cfg: Config) -> None:
 
 
 INTERPRET_SEQUENCES = 512  # interpret_run's default
+FINAL = ("done", "stopped")  # a trial in either state is not run again (stopped: an early-stopping scheduler ended it)
 
 
 def _interpret(run: Path, cfg: Config) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from selectlens.config import Config, ConfigError
 
@@ -13,13 +13,15 @@ from selectlens.config import Config, ConfigError
 class MetricSinks:
     """Forwards each epoch's record to the optional sinks."""
 
-    def __init__(self, wandb_run: Any = None):
+    def __init__(self, wandb_run: Any = None, callback: Callable[[dict[str, Any]], None] | None = None):
         self.wandb_run = wandb_run
+        self.callback = callback  # e.g. a sweep trial reporting each epoch to its scheduler
 
     @classmethod
-    def from_config(cls, config: Config, run_dir: Path) -> "MetricSinks":
+    def from_config(cls, config: Config, run_dir: Path,
+                    callback: Callable[[dict[str, Any]], None] | None = None) -> "MetricSinks":
         if not config.wandb.project:
-            return cls()
+            return cls(callback=callback)
         try:
             import wandb
         except ImportError:
@@ -31,9 +33,11 @@ class MetricSinks:
             project=config.wandb.project, entity=config.wandb.entity, name=config.wandb.name,
             notes=config.wandb.notes, config=config.to_dict(), dir=str(run_dir), id=run_id, resume="allow",
         )
-        return cls(run)
+        return cls(run, callback)
 
     def log(self, record: dict[str, Any]) -> None:
+        if self.callback is not None:
+            self.callback(record)
         if self.wandb_run is None:
             return
         flat = {k: v for k, v in record.items() if k != "baselines"}
