@@ -64,7 +64,8 @@ def _selection_rule(ctx, ev: dict) -> None:
     fit = ctx.suite.fit_from_checkpoint({"baseline_fit": table["fit"]}, table["metric"])
     batch = heldout_batch(ctx.cfg, max(SELECTION_RULE_SEQUENCES, len(ctx.batch)), ctx.device)
     pred = ctx.model.predict_in_chunks(batch.tokens.to(ctx.dtype))  # [B]: the last position
-    rule = analyze_selection_rule(pred, batch, ctx.suite.predictors(fit), kind=fit.metric, temperature=fit.temperature)
+    rule = analyze_selection_rule(pred, batch, ctx.suite.predictors(fit), kind=fit.metric, temperature=fit.temperature,
+                                  sees=ctx.suite.sees)
     ctx.numbers["selection_rule"] = _jsonable(rule)
     ctx.pngs["selection_curve"] = _png(selection_curve_figure(rule))
 

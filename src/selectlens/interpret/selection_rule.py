@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -103,21 +103,24 @@ class SelectionRule:
     notes: list[str] = field(default_factory=list)
 
 
-def agreement_table(model_pred: Tensor, preds: dict[str, Tensor], alphas: Tensor) -> dict[str, dict[str, Any]]:
+def agreement_table(model_pred: Tensor, preds: dict[str, Tensor], alphas: Tensor,
+                    sees: Callable[[str], str] = baseline_sees) -> dict[str, dict[str, Any]]:
     """Mean squared distance between the model's predictions and each predictor's, overall and per α."""
     levels = sorted({float(x) for x in alphas.tolist()})
     table = {}
     for name, p in preds.items():
         sq = (p.double() - model_pred.double()).cpu() ** 2
-        table[name] = {"sees": baseline_sees(name), "all": _ci(sq),
+        table[name] = {"sees": sees(name), "all": _ci(sq),
                        "per_alpha": {f"{a:g}": _ci(sq[alphas == a]) for a in levels}}
     return table
 
 
 def analyze_selection_rule(model_pred: Tensor, batch: TaskBatch, baselines: dict[str, Any], *, kind: str,
-                           temperature: float, threshold: float = 0.05, bins: int = 12) -> SelectionRule:
+                           temperature: float, threshold: float = 0.05, bins: int = 12,
+                           sees: Callable[[str], str] = baseline_sees) -> SelectionRule:
     """The model's effective weights, hull excursions, selection curve and agreement with ``baselines``
-    (name → predictor, as from :func:`selectlens.baselines.make_baselines`) on ``batch``."""
+    (name → predictor, as from :func:`selectlens.baselines.make_baselines`) on ``batch``; ``sees`` says what
+    each baseline sees (the task's suite's ``sees``)."""
     cands = candidate_predictions(batch).double().cpu()
     model_pred = model_pred.double().cpu()
     alphas = batch.alpha.cpu()
@@ -134,7 +137,7 @@ def analyze_selection_rule(model_pred: Tensor, batch: TaskBatch, baselines: dict
     curve = {f"{a:g}": selection_curve(a_all, delta, defined & (alphas == a), bins) for a in levels}
     weights = {"all": _ci(a_model[defined])}
     weights.update({f"{a:g}": _ci(a_model[defined & (alphas == a)]) for a in levels})
-    agreement = agreement_table(model_pred, {n: p for n, p in preds.items() if not n.startswith("oracle_")}, alphas)
+    agreement = agreement_table(model_pred, {n: p for n, p in preds.items() if not n.startswith("oracle_")}, alphas, sees)
     honest = {n: v for n, v in agreement.items() if v["sees"] == "honest"}
     first, second = (sorted(honest, key=lambda n: honest[n]["all"][0]) + [None])[:2]
     margin = [float("nan")] * 3

@@ -101,6 +101,7 @@ class SparseOrDenseTask(SelectionTask):
     """Per sequence a k-sparse or a dense w; lasso and ridge candidates; tokens of their predictions."""
 
     name = "sparse_or_dense"
+    label = "sparse_or_dense"
     Data = SparseOrDenseData
 
     @classmethod
