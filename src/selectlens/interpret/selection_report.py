@@ -16,7 +16,7 @@ from selectlens.evaluate.runner import heldout_batch
 from selectlens.fileio import atomic_write
 from selectlens.interpret import circuits, plots
 from selectlens.interpret.attention import analyze_attention, attention_patterns, describe_analysis
-from selectlens.interpret.findings import findings
+from selectlens.interpret.findings import findings, hull_finding
 from selectlens.interpret.page import img as _img, jsonable as _jsonable, png as _png, script_json as _script_json
 from selectlens.interpret.selection_rule import analyze_selection_rule, selection_curve_figure
 from selectlens.interpret.probes import run_probes
@@ -175,16 +175,23 @@ def _rule_html(numbers: dict, pngs: dict[str, bytes]) -> str:
     return f"""<section id="selection-rule"><h2>The model's selection rule</h2>
 <p>Effective weight on candidate 1, a = (p − ŷ₂)/(ŷ₁ − ŷ₂), where |ŷ₁ − ŷ₂| &gt; {r['threshold']:g}
 ({100 * r['defined_share']:.1f}% of sequences): {esc(weights)}.
-Outside the candidates' hull: {fmt(r['outside_share'])} of sequences; distance when outside {fmt(r['outside_distance'])}
-({fmt(r['outside_relative'])} of the candidates' spread).</p>
+{esc(hull_finding(r))}</p>
 {_img(pngs, 'selection_curve', 'selection curve')}</section>
 <section id="agreement"><h2>Agreement with each rule</h2>
 <p>Mean squared distance between the model's predictions and each predictor's (not the target), 95% CI; closest first.</p>
 <table><tr><th>predictor</th><th>sees</th><th>all</th>{''.join(f'<th>α={esc(a)}</th>' for a in alphas)}</tr>{agree_rows}</table></section>"""
 
 
+def _held_out_text(heads: list[dict]) -> str:
+    counts = sorted({r["test_sequences"] for r in heads})
+    return (f"{counts[0]} held-out sequences per head" if len(counts) == 1
+            else f"{counts[0]}–{counts[-1]} held-out sequences per head") if counts else "no heads"
+
+
 def _attention_rows(heads: list[dict]) -> str:
     def acc(s: dict) -> str:
+        if s.get("all_majority"):
+            return f"majority class for every row ({s['accuracy']:.3f})"
         mark = "" if s["above_null"] else " (n.s.)"
         return f"{s['accuracy']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]{mark}"
 
@@ -230,8 +237,10 @@ def render_sections(numbers: dict, pngs: dict[str, bytes], cluster_text: str, cv
 {_img(pngs, 'attention_grid', 'attention grid')}</section>
 <section id="clusters"><h2>Attention clusters</h2>
 <p>Rows of each head's attention are clustered (KMeans, k by silhouette); a LinearSVC trained on some sequences predicts the
-clusters on other sequences from the query token's content, its position, or both. Each accuracy is shown beside the
-majority-class rate and a label-permutation baseline (the null); the causal mask alone makes rows cluster by position.</p>
+clusters on other sequences from the query token's content, its position, or both. Each accuracy is the mean over
+held-out sequences with a Wilson 95% interval over sequences ({esc(_held_out_text(numbers['attention_heads']))}), shown
+beside the majority-class rate and a label-permutation baseline (the null); a classifier that predicts the majority class
+for every row is said so instead of given an interval. The causal mask alone makes rows cluster by position.</p>
 <table><tr><th>head</th><th>k</th><th>content only</th><th>position only</th><th>both</th><th>majority</th><th>permuted labels (content / position / both)</th><th>carried by</th></tr>{_attention_rows(numbers['attention_heads'])}</table>
 <pre>{esc(cluster_text)}</pre>{_img(pngs, 'attention_clusters', 'cluster figure')}</section>
 <section id="probes"><h2>Linear probes</h2>

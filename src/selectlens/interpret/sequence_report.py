@@ -16,7 +16,7 @@ import numpy as np
 
 from selectlens.interpret import plots
 from selectlens.interpret.agreement import agreement_figure, algorithm_agreement
-from selectlens.interpret.attention import analyze_attention, attention_patterns
+from selectlens.interpret.attention import analyze_attention, attention_patterns, query_roles
 from selectlens.interpret.page import img as _img, png as _png, script_json as _script_json
 from selectlens.interpret.raw_analyses import (
     ROLE_BLOCKS, RawProbe, interleaved_content_features, raw_activation_patching, raw_probes, role_blocks,
@@ -32,7 +32,7 @@ def sequence_sections(ctx) -> str:
     numbers["agreement"] = agreement
     pngs["agreement"] = _png(agreement_figure(agreement))
     ctx.say("attention: role blocks and clusters, every head")
-    numbers["attention"] = _attention(model, batch, cfg, ctx.attention_samples, pngs)
+    numbers["attention"] = _attention(model, batch, task, cfg, ctx.attention_samples, pngs)
     ctx.say("probes at every layer and read-out position")
     probes = raw_probes(model, batch, list(task.noise_levels), list(task.noise_probs), seed=cfg.seed, readout=task.readout)
     numbers["probes"] = {p.name: _probe_numbers(p) for p in probes}
@@ -45,22 +45,25 @@ def sequence_sections(ctx) -> str:
     return render_sections(ctx.ev, pngs, numbers)
 
 
-def _attention(model, batch, cfg, samples: int, pngs: dict[str, bytes]) -> dict[str, Any]:
-    """Role blocks (x→x, x→y, y→x, y→y) per head beside the uniform-causal null, and the cluster
-    analysis of every head for x and y queries."""
+def _attention(model, batch, task, cfg, samples: int, pngs: dict[str, bytes]) -> dict[str, Any]:
+    """Role blocks (x→x, x→y, y→x, y→y) per head beside the uniform-causal null, where the layout has x and y
+    tokens, and the cluster analysis of every head for each query role (clusters fitted on ``samples``
+    sequences, scored on further held-out ones)."""
     dtype = next(model.parameters()).dtype
     tokens = batch.tokens[:samples].to(dtype)
     pats = attention_patterns(model, tokens).cpu()  # [L, S, H, T, T]
     pngs["attention_grid"] = _png(plots.attention_grid(pats[:, :4].numpy(), 0))
-    blocks = role_blocks(pats)
-    pngs["role_blocks"] = _png(plots.effects_figure({b: blocks[b] - blocks[f"null[{b}]"] for b in ROLE_BLOCKS},
-                                                    xlabel="head"))
+    blocks = None
+    if set(query_roles(task.layout, tokens.shape[1])) == {"x", "y"}:
+        blocks = role_blocks(pats)
+        pngs["role_blocks"] = _png(plots.effects_figure({b: blocks[b] - blocks[f"null[{b}]"] for b in ROLE_BLOCKS},
+                                                        xlabel="head"))
     names = [f"x{j}" for j in range(cfg.data.d_d)] + ["y"]
     heads = []
     for l in range(model.spec.n_layer):
         for h in range(model.spec.n_head):
-            a = analyze_attention(model, tokens, l, h, samples=samples, layout="interleaved", feature_names=names,
-                                  features=interleaved_content_features, seed=cfg.seed)
+            a = analyze_attention(model, batch.tokens.to(dtype), l, h, samples=samples, layout=task.layout,
+                                  feature_names=names, features=interleaved_content_features, seed=cfg.seed)
             heads.append({"layer": l, "head": h, "roles": {
                 role: {"k": r.k, "carried_by": r.carried_by, "test_sequences": len(r.test_samples),
                        "content_gain": r.content_gain, "scores": {n: vars(s) for n, s in r.scores.items()}}
@@ -144,6 +147,8 @@ def _role_block_table(blocks: dict[str, Any]) -> str:
 
 def _cluster_table(heads: list[dict[str, Any]]) -> str:
     def acc(s: dict) -> str:
+        if s.get("all_majority"):
+            return f"majority class for every row ({s['accuracy']:.3f})"
         return f"{s['accuracy']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]{'' if s['above_null'] else ' (n.s.)'}"
 
     rows = []
@@ -191,7 +196,7 @@ def render_sections(ev: dict[str, Any], pngs: dict[str, bytes], numbers: dict[st
 <p>Attention mass from x-queries (even positions) and y-queries (odd) to x- and y-keys, averaged over
 {att['samples']} sequences, beside the null of uniform attention over the visible keys (what the causal mask alone gives).
 The figure shows each block minus its null.</p>
-{_role_block_table(att['role_blocks'])}{_img(pngs, 'role_blocks', 'role blocks')}
+{_role_block_table(att['role_blocks']) + _img(pngs, 'role_blocks', 'role blocks') if att['role_blocks'] is not None else '<p>One kind of token in this layout: no role blocks.</p>'}
 <p>Clusters of attention rows per head and query role; a LinearSVC trained on some sequences predicts them on others from
 the query token's content (x, y, ‖x‖, |y|), its position, or both, beside the majority rate and a label-permutation null.</p>
 {_cluster_table(att['heads'])}{_img(pngs, 'attention_grid', 'attention grid')}</section>
