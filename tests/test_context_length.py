@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from selectlens.baselines import suite_for
 from selectlens.baselines.raw import make_raw_baselines
 from selectlens.config import load_config
 from selectlens.evaluate import context_length_figure, heldout_batch
@@ -51,7 +52,9 @@ def test_eval_of_a_raw_run_recomputed_with_numpy(cli, raw_run):
     model, _ = load_run_model(run)
     batch = heldout_batch(cfg, 400)
     preds = {"model": model.predict_positions(batch.tokens, make_task(cfg).readout)}
-    preds.update({k: fn(batch) for k, fn in make_raw_baselines(make_task(cfg)).items()})
+    suite = suite_for(make_task(cfg))  # fitted as eval fits it: the best single-λ ridge's λ*(n) on training data
+    preds.update({k: fn(batch) for k, fn in suite.predictors(suite.fit(cfg.seed, cfg.eval.temperature_sequences)).items()})
+    assert "best_single_ridge" in preds and set(make_raw_baselines(make_task(cfg))) < set(preds)
     preds = {k: v.double().numpy() for k, v in preds.items()}
     y = batch.target.double().numpy()
     sigma, reg = batch.sigma.numpy(), batch.is_regression.numpy()
