@@ -512,9 +512,12 @@ def bench_train(config, overrides, device, reference_sequences, contend, as_json
     click.echo(f"full epoch, config {result['config']}, device {result['device']}")
     click.echo(f"  selectlens : {result['ours_seq_per_s']:>10,.0f} sequences/s "
                f"({result['sequences_per_epoch']} sequences, batch {result['batch_size']})")
-    click.echo(f"  reference  : {result['reference_seq_per_s']:>10,.1f} sequences/s "
-               f"(sklearn data + HF GPT2Model, batch 32, {result['reference_sequences']} sequences)")
-    click.echo(f"  ratio      : {result['ratio']:>10,.1f}x")
+    if result["reference_sequences"]:
+        click.echo(f"  reference  : {result['reference_seq_per_s']:>10,.1f} sequences/s "
+                   f"(sklearn data + HF GPT2Model, batch 32, {result['reference_sequences']} sequences)")
+        click.echo(f"  ratio      : {result['ratio']:>10,.1f}x")
+    else:
+        click.echo(f"  reference  : none for data.task {result['task']} (the original pipeline had only the selection tasks)")
     _echo_efficiency(result)
 
 

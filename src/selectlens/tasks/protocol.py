@@ -98,6 +98,7 @@ class TaskFamily:
     metrics: ClassVar[tuple[str, ...]] = ("mse",)  # eval tables; the first is the primary one
     analyses: ClassVar[tuple[str, ...]] = ()  # report sections (names in interpret.sections)
     registered: ClassVar[bool] = True  # False: a helper base class, not a value of data.task
+    has_original_pipeline: ClassVar[bool] = False  # the original project's sklearn pipeline exists (bench reference)
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("name", "Data", "Batch", "layout", "sample", "readout", "groups")
     METHODS: ClassVar[tuple[str, ...]] = ("sample", "groups")  # must be the family's own, not the base's

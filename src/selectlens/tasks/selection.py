@@ -110,6 +110,7 @@ class SelectionTask(TaskFamily):
     readout = slice(-1, None)  # the last token: P = 1
     analyses = ("selection",)  # report sections (interpret.report.SECTIONS)
     label: ClassVar[str] = "selection"
+    has_original_pipeline = True
 
     @classmethod
     def create(cls, data: SelectionData, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "SelectionTask":

@@ -102,6 +102,7 @@ class SparseOrDenseTask(SelectionTask):
 
     name = "sparse_or_dense"
     label = "sparse_or_dense"
+    has_original_pipeline = False
     Data = SparseOrDenseData
 
     @classmethod
