@@ -164,13 +164,18 @@ def view_excess(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
             if "excess_risk_ratio" not in res:
                 continue
             model, bayes, ratio = res["predictors"]["model"]["mse"], res["predictors"][ref]["mse"], res["excess_risk_ratio"]
+            excess, line = res["model_minus_reference"], res.get("non_selecting_excess")
             for n in ns:
                 rows.append(([src.name] if len(sources) > 1 else []) + [
                     g, str(sizes[n]), f"{_f(model['mean'][n], '.4f')} {_ci(model['ci_low'][n], model['ci_high'][n], '.4f')}",
                     _f(bayes["mean"][n], ".4f"),
+                    f"{_f(excess['mean'][n], '+.4f')} {_ci(excess['ci_low'][n], excess['ci_high'][n], '+.4f')}",
+                    "—" if line is None else _f(line["mean"][n], "+.4f"),
+                    "—" if line is None else ("yes" if res["selection_shown"][n] else "no"),
                     f"{_f(ratio['mean'][n], '+.3f')} {_ci(ratio['ci_low'][n], ratio['ci_high'][n], '+.3f')}"])
     head = (["run"] if len(sources) > 1 else []) + [
-        "group", "n", "model MSE [95% CI]", "Bayes mixture MSE", "(model − Bayes)/Bayes [95% CI]"]
+        "group", "n", "model MSE [95% CI]", "reference MSE", "model − reference [paired 95% CI]",
+        "best single-λ ridge − reference", "selection shown", "(model − reference)/reference [95% CI]"]
     cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))}" for s in sources)
     return _table(head, rows), cmds, _run_devices(sources)
 
@@ -304,7 +309,19 @@ def view_noise_models(sources: list[Path], opts: dict[str, str]) -> tuple[list[s
     return lines, f"python scripts/noise_models_table.py {runs} --json OUT.json", ""
 
 
-VIEWS = {"eval": view_eval, "excess": view_excess, "sweep": view_sweep, "sweep-trials": view_sweep_trials,
+def view_task_diversity(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    """The transition table written by scripts/task_diversity_figure.py (its STEM.json)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from task_diversity_figure import table
+
+    lines: list[str] = []
+    for src in sources:
+        lines += table(_read_json(src)).rstrip("\n").splitlines()
+    return lines, " ; ".join(f"python scripts/task_diversity_figure.py SWEEP --out {shlex.quote(str(s.with_suffix('')))}"
+                             for s in sources), ""
+
+
+VIEWS = {"task-diversity": view_task_diversity, "eval": view_eval, "excess": view_excess, "sweep": view_sweep, "sweep-trials": view_sweep_trials,
          "bench": view_bench, "efficiency": view_efficiency, "noise-models": view_noise_models}
 
 
