@@ -13,6 +13,17 @@ def _stage(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[0] == "selectlens" else None
 
 
+def _imported_names(path: Path) -> list[str]:
+    """Every module name an import in ``path`` mentions (anywhere in the file, deferred imports included)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return names
+
+
 def test_no_back_edges():
     problems = []
     for path in SRC.rglob("*.py"):
@@ -20,17 +31,10 @@ def test_no_back_edges():
         me = _stage(".".join(rel.parts))
         if me is None or me == "__init__" or me not in LEVEL:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            for name in names:
-                other = _stage(name)
-                if other in LEVEL and other != me and LEVEL[other] >= LEVEL[me]:
-                    problems.append(f"{rel} imports {name}")
+        for name in _imported_names(path):
+            other = _stage(name)
+            if other in LEVEL and other != me and LEVEL[other] >= LEVEL[me]:
+                problems.append(f"{rel} imports {name}")
     assert not problems, problems
 
 
@@ -44,16 +48,9 @@ def _module_imports() -> dict[str, set[str]]:
     """Module → the selectlens modules it imports (anywhere in the file, deferred imports included)."""
     mods = {".".join(p.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__"): p
             for p in SRC.rglob("*.py")}
-    edges: dict[str, set[str]] = {m: set() for m in mods}
+    edges: dict[str, set[str]] = {}
     for m, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            edges[m] |= {n for n in names if n in mods and n != m and not m.startswith(n + ".")}
+        edges[m] = {n for n in _imported_names(path) if n in mods and n != m and not m.startswith(n + ".")}
     return edges
 
 

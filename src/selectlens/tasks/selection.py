@@ -25,7 +25,24 @@ from selectlens.tasks.fitting import logistic_probabilities, ridge_predictions
 from selectlens.tasks.protocol import Batch, PairedBatches, TaskFamily
 
 
-class SelectionData(DataConfig):
+class SelectionLayoutData(DataConfig):
+    """A ``data`` section whose tokens are the selection layout's: one token per test point, the K candidates'
+    predictions and the label (width K + 1, N tokens). Subclasses say what the candidates are."""
+
+    @property
+    def candidates(self) -> list[float]:
+        raise NotImplementedError
+
+    @property
+    def n_features(self) -> int:
+        return len(self.candidates) + 1
+
+    @property
+    def n_positions(self) -> int:
+        return self.N
+
+
+class SelectionData(SelectionLayoutData):
     """``data`` keys of the selection tasks (the original project's keys, unchanged)."""
 
     train_samp_per_class: int = Field(10000, gt=0, description="Sequences per epoch, split evenly over data_alphas.")
@@ -58,14 +75,6 @@ class SelectionData(DataConfig):
     def candidates(self) -> list[float]:
         """The candidate regularisations actually used (``candidate_alphas`` or ``data_alphas``)."""
         return list(self.candidate_alphas if self.candidate_alphas is not None else self.data_alphas)
-
-    @property
-    def n_features(self) -> int:
-        return len(self.candidates) + 1
-
-    @property
-    def n_positions(self) -> int:
-        return self.N
 
     def scales(self) -> dict[str, float]:
         return {"data.data_alphas": max(self.data_alphas) * max(self.noise_scale, 1.0),

@@ -17,15 +17,15 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
-from selectlens.config import DataConfig, positive_list
+from selectlens.config import positive_list
 from selectlens.tasks.fitting import ridge_predictions
 from selectlens.tasks.protocol import PairedBatches, TaskFamily
-from selectlens.tasks.selection import SelectionTask, TaskBatch
+from selectlens.tasks.selection import SelectionLayoutData, SelectionTask, TaskBatch
 
 SPARSE, DENSE = 1.0, 2.0  # the type codes in ``batch.alpha``
 
 
-class SparseOrDenseData(DataConfig):
+class SparseOrDenseData(SelectionLayoutData):
     """``data`` keys of sparse_or_dense."""
 
     task: str = "sparse_or_dense"
@@ -51,14 +51,6 @@ class SparseOrDenseData(DataConfig):
     @property
     def candidates(self) -> list[float]:
         return list(self.lasso_alphas) + list(self.ridge_alphas)
-
-    @property
-    def n_features(self) -> int:
-        return len(self.candidates) + 1
-
-    @property
-    def n_positions(self) -> int:
-        return self.N
 
     def scales(self) -> dict[str, float]:
         return {"data.sigma": self.sigma, "data.ridge_alphas": max(self.ridge_alphas)}
