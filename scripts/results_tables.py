@@ -226,8 +226,10 @@ def bench_command(result: dict[str, Any]) -> str:
     elif kind == "train":
         preset = result.get("config", "default")
         args = [] if preset == "default" else ["--config", preset]
-        args += _recorded_overrides(preset, {"data.train_samp_per_class": result["sequences_per_epoch"],
-                                             "training.batch_size": result["batch_size"]})
+        recorded = {"data.train_samp_per_class": result["sequences_per_epoch"], "training.batch_size": result["batch_size"]}
+        recorded |= {k: result[f] for k, f in (("data.layout", "layout"), ("model.n_embd", "n_embd"), ("model.n_layer", "n_layer"))
+                     if f in result}
+        args += _recorded_overrides(preset, recorded)
         args += ["--set", "training.compile=true"] * bool(result["compile"])
         args += ["--set", "training.fused_adam=true"] * bool(result["fused_adam"])
         args += ["--reference-sequences", str(result["reference_sequences"])] + device
@@ -252,7 +254,7 @@ def _recorded_overrides(preset: str, recorded: dict[str, Any]) -> list[str]:
     out = []
     for key, value in recorded.items():
         section, field = key.split(".")
-        if cfg[section][field] != value:
+        if field in cfg[section] and cfg[section][field] != value:
             out += ["--set", f"{key}={value}"]
     return out
 
@@ -275,7 +277,9 @@ def view_bench(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], st
             ours, ref = f"Ray Tune {r['ray_s']:.1f} s", f"sequential CLI {r['cli_s']:.1f} s"
         else:
             ours, ref = f"{r['ours_seq_per_s']:,.0f} seq/s", f"{r['reference_seq_per_s']:,.1f} seq/s"
-        rows.append([f"`{bench_command(r)}`", _bench_machine(r), ours, ref, f"{r['ratio']:,.2f}×"])
+        no_reference = r.get("reference_sequences", 1) == 0
+        rows.append([f"`{bench_command(r)}`", _bench_machine(r), ours, "— (none for this task)" if no_reference else ref,
+                     "—" if no_reference else f"{r['ratio']:,.2f}×"])
     return _table(head, rows), "the commands in the first column", ""
 
 
@@ -289,6 +293,8 @@ def view_efficiency(sources: list[Path], opts: dict[str, str]) -> tuple[list[str
             continue
         cmds.append(bench_command(r))
         step = ("torch.compile" if r["compile"] else "eager") + (", fused Adam" if r["fused_adam"] else ", for-loop Adam")
+        if r.get("config", "default") != "default":
+            step = f"{r['config']} ({r.get('layout', '')} layout, width {r.get('n_embd', '?')}, batch {r['batch_size']}): {step}"
         profile = " / ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in r["profile"].items())
         rows.append([step, f"{r['ours_seq_per_s']:,.0f}", f"{r['flops_per_sequence'] / 1e6:.2f}",
                      f"{r['achieved_gflops']:.1f}", f"{r['matmul_gflops']:.1f}", f"{r['matmul_fraction']:.1%}", profile])

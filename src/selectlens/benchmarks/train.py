@@ -193,6 +193,8 @@ def bench_train(config: Config | None = None, *, device: str = "cpu", reference_
         "batch_size": cfg.training.batch_size,
         "task": cfg.data.task,
         "layout": bench.task.layout,
+        "n_embd": cfg.model.n_embd,
+        "n_layer": cfg.model.n_layer,
         "reference_sequences": n_ref,
         "reference_batch_size": 32,
         "first_epoch_s": first_s,
