@@ -35,7 +35,8 @@ def test_selection_shown_only_where_the_model_ci_is_below_the_non_selecting_exce
     B, P = 4000, 4
     ref = torch.rand(B, P, generator=g, dtype=torch.float64)
     single = ref + torch.tensor([0.0, 0.5, 0.5, 0.01])  # excess 0, 0.5, 0.5, 0.01
-    model = ref + torch.tensor([0.0, 0.1, 0.6, 0.2]) + 0.01 * torch.randn(B, P, generator=g, dtype=torch.float64)
+    model = ref + torch.tensor([-0.1, 0.1, 0.6, 0.2]) + 0.01 * torch.randn(B, P, generator=g, dtype=torch.float64)
+    # at position 0 the model's CI is below the line, but the line is no excess at all: nothing to show
     pointwise = {"model": model, "bayes": ref, "single": single}
     groups = {"all": torch.ones(B, dtype=torch.bool), "sigma=0.1": torch.arange(B) % 2 == 0}
     curves = {k: {"model_minus_reference": {"ci_high": ((model - ref)[m].mean(0) + 0.01).tolist()}} for k, m in groups.items()}

@@ -100,13 +100,17 @@ def evaluate_metric(task: TaskFamily, suite: BaselineSuite, batch: Batch, model_
 def mark_selection_shown(curves: dict[str, Any], pointwise: dict[str, torch.Tensor], groups: dict[str, torch.Tensor],
                          reference: str, non_selecting: str) -> None:
     """Per group and position: the excess of the best rule that does not select (``non_selecting``) over the
-    reference, and ``selection_shown``: whether the upper end of the model's paired excess CI lies below it."""
+    reference, and ``selection_shown``: whether the upper end of the model's paired excess CI lies below it,
+    where that excess is itself significantly above 0 (its paired CI's lower end > 0)."""
     for g, mask in groups.items():
         res = curves[g]
         line = curve_ci(pointwise[non_selecting][mask] - pointwise[reference][mask])
         res["non_selecting"] = non_selecting
         res["non_selecting_excess"] = line
-        res["selection_shown"] = [bool(hi < m) for hi, m in zip(res["model_minus_reference"]["ci_high"], line["mean"])]
+        # where the non-selecting rule is not significantly worse than the reference (e.g. n = 0, where every
+        # rule predicts the prior mean) there is nothing selection could show
+        res["selection_shown"] = [bool(hi < m and lo > 0) for hi, m, lo in
+                                  zip(res["model_minus_reference"]["ci_high"], line["mean"], line["ci_low"])]
 
 
 def selection_statements(result: dict[str, Any]) -> list[str]:
