@@ -232,7 +232,7 @@ def bench_command(result: dict[str, Any]) -> str:
         args += _recorded_overrides(preset, recorded)
         args += ["--set", "training.compile=true"] * bool(result["compile"])
         args += ["--set", "training.fused_adam=true"] * bool(result["fused_adam"])
-        args += ["--reference-sequences", str(result["reference_sequences"])] + device
+        args += (["--reference-sequences", str(result["reference_sequences"])] if result["reference_sequences"] else []) + device
     elif kind == "baselines":
         args = ["--d", str(result["d"]), "--N", str(result["N"]),
                 "--noise-levels", ",".join(f"{s:g}" for s in result["noise_levels"]),
