@@ -62,3 +62,16 @@ def test_predict_builds_the_layout_from_pairs(tmp_path):
     save_file({"x": batch.x.contiguous()}, tmp_path / "x_only.safetensors")
     res = run_cli("predict", "--run", str(run), "--data", str(tmp_path / "x_only.safetensors"), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "'x' [B, N, d] and 'y' [B, N]" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_predict_refuses_tokens_of_another_layout(tmp_path):
+    run = tmp_path / "run"
+    res = run_cli("train", "--config", "mixed_noise_cpu", "--out", str(run), "--quiet", "--set", "data.layout=per_example",
+                  "--set", "data.train_samp_per_class=100", "--set", "training.epochs=1", "--set", "model.n_embd=16",
+                  "--set", "eval.temperature_sequences=50")
+    assert res.returncode == 0, res.stderr
+    data = tmp_path / "interleaved.safetensors"  # N = 10 pairs interleaved: 20 tokens, which would fit 20 positions
+    res = run_cli("data", "--config", "mixed_noise_cpu", "--set", "data.N=10", "--sequences", "8", "--out", str(data))
+    assert res.returncode == 0, res.stderr
+    res = run_cli("predict", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "p.safetensors"))
+    assert res.returncode == 2 and "interleaved layout" in res.stderr and "Traceback" not in res.stderr
