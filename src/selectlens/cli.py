@@ -610,9 +610,17 @@ def _error(message: str) -> None:
     click.echo(f"error: {_one_line(message)}", err=True)
 
 
-for _name, _example in EXAMPLES.items():
-    if _name in cli.commands:
-        cli.commands[_name].epilog = f"Example: {_example}"
+BENCH_EXAMPLES = {
+    "datagen": "selectlens bench datagen --task classification --json",
+    "train": "selectlens bench train --config mixed_noise_cpu --set data.layout=per_example",
+    "baselines": "selectlens bench baselines --d 5 --N 20 --threads 1",
+    "sweep": "selectlens bench sweep --trials 8 --json",
+}
+
+for _group, _examples in ((cli, EXAMPLES), (cli.commands.get("bench"), BENCH_EXAMPLES)):
+    for _name, _example in _examples.items():
+        if _group is not None and _name in _group.commands:
+            _group.commands[_name].epilog = f"Example: {_example}"
 
 
 def main(argv: list[str] | None = None) -> int:
