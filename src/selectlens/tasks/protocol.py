@@ -164,14 +164,6 @@ class TaskFamily:
     def n_readout(self) -> int:
         return len(self.context_sizes)
 
-    def readout_values(self, raw: Tensor) -> Tensor:
-        """The model's ``raw [B, T]`` read-out → ``[B, P]`` at the predicted positions."""
-        return raw[:, self.readout]
-
-    def in_target_space(self, raw: Tensor) -> Tensor:
-        """Read-out values → predictions in target space (a probability for a logit read-out)."""
-        return torch.sigmoid(raw) if self.loss == "bce" else raw
-
     def curve_positions(self) -> list[int]:
         """Indices into the P read-out positions that eval.md tables (all of them when P is small)."""
         P = self.n_readout
