@@ -305,8 +305,10 @@ def test_asha_stops_the_worse_trial_and_the_report_draws_every_curve(ray_session
                       seeds=[0], stages=["train", "eval"],
                       scheduler={"asha": {"metric": "excess_ratio", "time": "sequences", "max": 2880, "grace": 1440,
                                           "reduction": 2}})
-    result = run_sweep(load_spec(spec), tmp_path / "sweep", max_concurrent=1, echo=lambda line: None)
+    lines: list[str] = []
+    result = run_sweep(load_spec(spec), tmp_path / "sweep", max_concurrent=1, echo=lines.append)
     good, bad = result.statuses["training.lr=0.003_seed=0"], result.statuses["training.lr=1e-07_seed=0"]
+    assert any(line.endswith("training.lr=1e-07_seed=0: stopped: by the scheduler at 1,440 sequences") for line in lines), lines
     assert good["status"] == "done" and bad["status"] == "stopped"
     trials = tmp_path / "sweep" / "trials"
     epochs = lambda name: len((trials / name / "metrics.jsonl").read_text().splitlines())  # noqa: E731

@@ -255,9 +255,9 @@ def _make_progress_callback():
 
         def _line(self, name: str, state: str, detail: str = "") -> None:
             self.state[name] = state
-            c = {s: sum(1 for v in self.state.values() if v == s) for s in ("done", "running", "pending", "failed")}
+            c = {s: sum(1 for v in self.state.values() if v == s) for s in ("done", "running", "pending", "failed", "stopped")}
             counts = (f"done {c['done'] + self.already_done} / running {c['running']} / pending {c['pending']} / "
-                      f"failed {c['failed']}")
+                      f"failed {c['failed']}" + (f" / stopped {c['stopped']}" if c["stopped"] else ""))
             self.echo(f"[{counts}] {name}: {state}{': ' + detail if detail else ''}")
 
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -266,8 +266,13 @@ def _make_progress_callback():
         def on_trial_complete(self, iteration, trials, trial, **info):
             name = trial.config["name"]
             record = read_status(self.out, name)
+            last = trial.last_result or {}
             if record.get("status") == "done":
                 self._line(name, "done")
+            elif record.get("status") in ("stopped", "running") and not record.get("error") and "status" not in last:
+                # the scheduler ended it after an epoch's report (its final report, with a status, never came)
+                at = last.get("sequences")
+                self._line(name, "stopped", f"by the scheduler at {at:,} sequences" if at else "by the scheduler")
             else:
                 self._line(name, "failed", record.get("error") or "no status written")
 
