@@ -2,6 +2,7 @@
 information of the interleaved layout (the i earlier pairs and the query), in half the tokens; and `predict`
 builds a run's own layout from pairs x, y."""
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -41,12 +42,19 @@ def test_each_readout_sees_exactly_the_earlier_pairs_and_the_query():
     assert _model_and_task("per_example")[1].n_positions * 2 == _model_and_task("interleaved")[1].n_positions
 
 
-def test_predict_builds_the_layout_from_pairs(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def per_example_run(tmp_path_factory):
+    """A tiny trained run in the one-token-per-example layout (N = 20 pairs, 20 positions)."""
+    run = tmp_path_factory.mktemp("layouts") / "run"
     res = run_cli("train", "--config", "mixed_noise_cpu", "--out", str(run), "--quiet", "--set", "data.layout=per_example",
                   "--set", "data.train_samp_per_class=200", "--set", "training.epochs=1", "--set", "model.n_embd=32",
                   "--set", "eval.temperature_sequences=100")
     assert res.returncode == 0, res.stderr
+    return run
+
+
+def test_predict_builds_the_layout_from_pairs(per_example_run, tmp_path):
+    run = per_example_run
     task = make_task(load_config("mixed_noise_cpu", ["data.layout=per_example"]))
     batch = task.sample(30, make_generator(2))
     save_file({"x": batch.x.contiguous(), "y": batch.y.contiguous(), "target": batch.target.contiguous()}, tmp_path / "pairs.safetensors")
@@ -64,12 +72,8 @@ def test_predict_builds_the_layout_from_pairs(tmp_path):
     assert res.returncode == 2 and "'x' [B, N, d] and 'y' [B, N]" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_predict_refuses_tokens_of_another_layout(tmp_path):
-    run = tmp_path / "run"
-    res = run_cli("train", "--config", "mixed_noise_cpu", "--out", str(run), "--quiet", "--set", "data.layout=per_example",
-                  "--set", "data.train_samp_per_class=100", "--set", "training.epochs=1", "--set", "model.n_embd=16",
-                  "--set", "eval.temperature_sequences=50")
-    assert res.returncode == 0, res.stderr
+def test_predict_refuses_tokens_of_another_layout(per_example_run, tmp_path):
+    run = per_example_run
     data = tmp_path / "interleaved.safetensors"  # N = 10 pairs interleaved: 20 tokens, which would fit 20 positions
     res = run_cli("data", "--config", "mixed_noise_cpu", "--set", "data.N=10", "--sequences", "8", "--out", str(data))
     assert res.returncode == 0, res.stderr

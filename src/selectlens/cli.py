@@ -286,8 +286,9 @@ def predict(run, data_file, out, force, device) -> None:
     tensors, data_cfg = load_prediction_input(data_file)
     if data_cfg is not None and data_cfg.data.task != cfg.data.task:
         raise DataFileError(f"{data_file}: a {data_cfg.data.task} data file does not fit the run's {cfg.data.task} model")
-    if data_cfg is not None and "tokens" in tensors and make_task(data_cfg, device="cpu").layout != task.layout:
-        raise DataFileError(f"{data_file}: its tokens are in the {make_task(data_cfg, device='cpu').layout} layout, "
+    data_layout = make_task(data_cfg, device="cpu").layout if data_cfg is not None else task.layout
+    if "tokens" in tensors and data_layout != task.layout:
+        raise DataFileError(f"{data_file}: its tokens are in the {data_layout} layout, "
                             f"the run's model reads the {task.layout} layout (give x and y instead, or tokens of its layout)")
     tokens = task.tokens_for_prediction(tensors)
     if tokens is None:
