@@ -25,6 +25,13 @@ from its sources, or from ``view=`` in the marker, e.g. ``<!-- table: cls-loglos
   95% t-interval, or one row per trial (``selectlens.sweeps.aggregate``, as in ``summary.md``);
 * ``bench`` (``selectlens bench … --json`` files): one row per file, SelectLens against its reference;
 * ``efficiency`` (``bench train --json`` files): GFLOP/s, fraction of a matmul, the profile split;
+* ``recipe`` (``scripts/recipe_ablation.py`` output directories): per arm across its seeds, the sequences
+  reached, how many seeds left the plateau (test MSE within 1.25× the Bayes mixture's), σ = 0.5's worst
+  excess ratio at n ≥ 2d, σ = 0.1's at n = d and 2d beside the best single-λ ridge's, and how many
+  seeds show selection at σ = 0.1 for every n in d..2d;
+* ``vs-oracle`` (raw-data run directories): per task group and n (default 2d, 3d, N − 1) the model
+  against one reference (``predictor=``, default ``type_oracle``) in the group's metric (sign error
+  for classification, squared error otherwise), each with its CI, and their ratio;
 * ``noise-models`` (the ``--json`` output of ``scripts/noise_models_table.py``): its tables.
 
 Under each table the script writes the command that regenerates it, the command that produced its
@@ -327,8 +334,122 @@ def view_task_diversity(sources: list[Path], opts: dict[str, str]) -> tuple[list
                              for s in sources), ""
 
 
+# The recipe ablation (scripts/recipe_ablation.py): one row per arm, across its seeds.
+RECIPE_KEYS = ("data.layout", "data.noise_levels", "model.n_embd", "model.n_layer", "training.batch_size", "training.lr",
+               "training.warmup_steps", "training.curriculum")
+PLATEAU = 1.25  # a model whose test MSE (all positions) is above 1.25 × the Bayes mixture's has not left the plateau
+
+
+def _dotted(cfg: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def recipe_run(run: Path) -> dict[str, Any]:
+    """One ablation run: its config, sequences trained and asked, plateau, and the σ-group figures at n = d..N−1."""
+    cfg, ev = _read_json(run / "config.json"), _read_json(run / "eval.json")
+    last = json.loads((run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    n_train = round(cfg["data"]["train_samp_per_class"] * cfg["data"]["train_prop"])
+    d, sizes, ref = ev["d"], ev["positions"], ev["reference"]
+    out = {"config": cfg, "sequences": last["sequences"], "asked": cfg["training"]["epochs"] * n_train,
+           "plateau": last["test_loss"] > PLATEAU * last["baselines"][ref], "groups": {}}
+    for g, res in ev["groups"].items():
+        if g == "all" or "excess_risk_ratio" not in res:
+            continue
+        idx = {n: i for i, n in enumerate(sizes)}
+        ratio, shown = res["excess_risk_ratio"], res["selection_shown"]
+        out["groups"][g] = {"ratio": {n: ratio["mean"][i] for n, i in idx.items()},
+                            "shown_d_2d": all(shown[idx[n]] for n in range(d, 2 * d + 1) if n in idx),
+                            "worst_2d": max(ratio["mean"][idx[n]] for n in sizes if n >= 2 * d), "d": d}
+        ref_mse, line = res["predictors"][ref]["mse"]["mean"], res.get("non_selecting_excess")
+        if line is not None:
+            out["groups"][g]["line"] = {n: line["mean"][i] / ref_mse[i] for n, i in idx.items()}
+    return out
+
+
+def _change(cfg: dict[str, Any], preset: dict[str, Any]) -> str:
+    diff = [f"{k.split('.')[-1]}={_dotted(cfg, k)}" for k in RECIPE_KEYS if _dotted(cfg, k) != _dotted(preset, k)]
+    return ", ".join(diff) or "— (the preset)"
+
+
+def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    """Per arm of each ablation directory: sequences, seeds off the plateau, σ = 0.5 worst excess at n ≥ 2d,
+    σ = 0.1 excess at n = d and 2d against the best single-λ ridge, seeds showing selection for all n in d..2d."""
+    from selectlens.config import load_config
+    from selectlens.sweeps.aggregate import t_interval
+
+    preset = load_config(opts.get("preset", "mixed_noise_cpu")).model_dump(mode="json")
+    head = ["arm", "change from the preset", "sequences (asked)", "off the plateau", "σ=0.5: worst excess n ≥ 2d",
+            "σ=0.1: excess at n = d / 2d", "best single-λ ridge at d / 2d", "σ=0.1 selection shown for all n in d..2d"]
+    rows, devices = [], []
+    for src in sources:
+        book = _read_json(src / "ablation.json")
+        devices.append(book.get("device", "?"))
+        arms: dict[str, list[dict[str, Any]]] = {}
+        for r in book["runs"]:
+            run = src / f"{r['arm']}_s{r['seed']}"
+            if r["rc"] == 0 and (run / "eval.json").is_file():
+                arms.setdefault(r["arm"], []).append(recipe_run(run))
+        for arm, runs in arms.items():
+            seq = sum(r["sequences"] for r in runs) / len(runs)
+            asked = runs[0]["asked"]
+            seqs = f"{seq / 1e6:.2f}M" + ("" if seq >= asked else f" ({asked / 1e6:.2f}M; capped, schedule unfinished)")
+            cells = [arm, _change(runs[0]["config"], preset), seqs, f"{sum(not r['plateau'] for r in runs)}/{len(runs)}"]
+            for g, fmt in (("sigma=0.5", "worst"), ("sigma=0.1", "d2d")):
+                gs = [r["groups"][g] for r in runs if g in r["groups"]]
+                if not gs:
+                    cells += ["—"] * (1 if fmt == "worst" else 3)
+                    continue
+                if fmt == "worst":
+                    m, lo, hi = t_interval([x["worst_2d"] for x in gs])
+                    cells.append(f"{m:+.3f} {_ci(lo, hi, '+.3f')}")
+                    continue
+                d = gs[0]["d"]
+                at = [t_interval([x["ratio"][n] for x in gs]) for n in (d, 2 * d)]
+                cells.append(" / ".join(f"{m:+.2f} {_ci(lo, hi, '+.2f')}" for m, lo, hi in at))
+                lines = [sum(x["line"][n] for x in gs) / len(gs) for n in (d, 2 * d)] if "line" in gs[0] else None
+                cells.append("—" if lines is None else " / ".join(f"{v:+.2f}" for v in lines))
+                cells.append(f"{sum(x['shown_d_2d'] for x in gs)}/{len(gs)}")
+            rows.append(cells)
+    cmd = "; ".join(_read_json(s / "ablation.json").get("command", f"python scripts/recipe_ablation.py --out {s}")
+                    for s in sources)
+    return _table(head, rows), cmd, "device " + ", ".join(dict.fromkeys(devices))
+
+
+def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    """Per task group and n ≥ 2d: the model against one reference predictor (``predictor=``, default
+    ``type_oracle``) in the group's own metric (sign error for classification, squared error otherwise)."""
+    other = opts.get("predictor", "type_oracle")
+    head = (["run"] if len(sources) > 1 else []) + ["group", "metric", "n", "model [95% CI]", f"{other} [95% CI]",
+                                                    f"model / {other} − 1"]
+    rows = []
+    for src in sources:
+        ev = _read_json(src / "eval.json")
+        sizes, d = ev["positions"], ev["d"]
+        for g, res in ev["groups"].items():
+            if g == "all" or other not in res["predictors"]:
+                continue
+            metric = "sign_error" if "sign_error" in res["predictors"]["model"] else "mse"
+            model, ref = res["predictors"]["model"][metric], res["predictors"][other][metric]
+            if "positions" in opts:
+                wanted = [int(n) for n in opts["positions"].split(",")]
+                if not set(wanted) <= set(sizes):
+                    raise TableError(f"{src}: positions={opts['positions']}: n must be one of {sizes[0]}..{sizes[-1]}")
+            else:
+                wanted = sorted({n for n in (2 * d, 3 * d, sizes[-1]) if n in sizes})
+            for n in wanted:
+                i = sizes.index(n)
+                rows.append(([src.name] if len(sources) > 1 else []) + [
+                    g, metric, str(n), f"{_f(model['mean'][i], '.4f')} {_ci(model['ci_low'][i], model['ci_high'][i], '.4f')}",
+                    f"{_f(ref['mean'][i], '.4f')} {_ci(ref['ci_low'][i], ref['ci_high'][i], '.4f')}",
+                    _f(model["mean"][i] / ref["mean"][i] - 1, "+.3f")])
+    cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))}" for s in sources)
+    return _table(head, rows), cmds, _run_devices(sources)
+
+
 VIEWS = {"task-diversity": view_task_diversity, "eval": view_eval, "excess": view_excess, "sweep": view_sweep, "sweep-trials": view_sweep_trials,
-         "bench": view_bench, "efficiency": view_efficiency, "noise-models": view_noise_models}
+         "bench": view_bench, "efficiency": view_efficiency, "noise-models": view_noise_models, "recipe": view_recipe, "vs-oracle": view_vs_oracle}
 
 
 def default_view(sources: list[Path]) -> str:
@@ -337,6 +458,8 @@ def default_view(sources: list[Path]) -> str:
         return "sweep"
     if (first / "eval.json").is_file():
         return "eval"
+    if (first / "ablation.json").is_file():
+        return "recipe"
     if first.is_file() and first.suffix == ".json":
         return "noise-models" if "table" in _read_json(first) and "runs" in _read_json(first) else "bench"
     raise TableError(f"{first}: not a run directory with eval.json, a sweep directory or a JSON file")

@@ -75,7 +75,8 @@ def test_predict_builds_the_layout_from_pairs(per_example_run, tmp_path):
 def test_predict_refuses_tokens_of_another_layout(per_example_run, tmp_path):
     run = per_example_run
     data = tmp_path / "interleaved.safetensors"  # N = 10 pairs interleaved: 20 tokens, which would fit 20 positions
-    res = run_cli("data", "--config", "mixed_noise_cpu", "--set", "data.N=10", "--sequences", "8", "--out", str(data))
+    res = run_cli("data", "--config", "mixed_noise_cpu", "--set", "data.N=10", "--set", "data.layout=interleaved",
+                  "--sequences", "8", "--out", str(data))
     assert res.returncode == 0, res.stderr
     res = run_cli("predict", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "p.safetensors"))
     assert res.returncode == 2 and "interleaved layout" in res.stderr and "Traceback" not in res.stderr

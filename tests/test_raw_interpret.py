@@ -15,7 +15,7 @@ from selectlens.interpret.raw_analyses import (
 from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 from selectlens.tasks import make_generator, make_task
 
-TINY = ["data.N=5", "data.d_d=2", "data.train_samp_per_class=300", "training.batch_size=50", "training.epochs=2",
+TINY = ["data.N=5", "data.d_d=2", "data.layout=interleaved", "data.train_samp_per_class=300", "training.batch_size=50", "training.epochs=2",
         "training.warmup_steps=0", "model.n_embd=16", "model.n_layer=2", "model.n_head=2", "eval.sequences=200"]
 
 

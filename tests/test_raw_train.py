@@ -15,7 +15,7 @@ from selectlens.tasks import load_task_batch, make_generator, make_task
 from selectlens.train import train
 from selectlens.train.loop import batch_loss, evaluate_split
 
-TINY = ["data.N=6", "data.d_d=3", "data.train_samp_per_class=200", "training.batch_size=32",
+TINY = ["data.N=6", "data.d_d=3", "data.layout=interleaved", "data.train_samp_per_class=200", "training.batch_size=32",
         "training.save_every_epochs=2", "training.warmup_steps=0", "model.n_embd=16", "model.n_layer=2",
         "model.n_head=2", "eval.sequences=300"]
 TINY_SET = [a for o in TINY for a in ("--set", o)]

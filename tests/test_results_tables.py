@@ -167,3 +167,99 @@ def _run_script(page, *args):
 
     return subprocess.run([sys.executable, str(SCRIPT), str(page), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
+
+
+def _fake_ablation_run(run, seed: int, model_from: str):
+    """A raw run directory as scripts/recipe_ablation.py leaves it, with eval.json made by the real evaluator from
+    chosen model predictions: the Bayes mixture's own (a selecting model) or zeros (a model on the plateau)."""
+    import torch
+
+    from selectlens.baselines import suite_for
+    from selectlens.config import load_config
+    from selectlens.evaluate import evaluate_predictions
+    from selectlens.tasks import make_generator, make_task
+
+    cfg = load_config("mixed_noise_cpu", ["data.N=8", "data.d_d=3", "training.epochs=2", "data.train_samp_per_class=100"])
+    task = make_task(cfg)
+    batch = task.sample(400, make_generator(seed))
+    suite = suite_for(task)
+    fitted = suite.predictors(suite.fit(cfg.seed, 400))
+    bayes = fitted["bayes_posterior_mixture"](batch)
+    model = bayes if model_from == "bayes" else torch.zeros_like(batch.target)
+    ev = json.loads(json.dumps(evaluate_predictions(task, batch, model, cfg)))
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text(json.dumps(ev))
+    (run / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
+    test_loss = float(((model.double() - batch.target.double()) ** 2).mean())
+    bayes_loss = float(((bayes.double() - batch.target.double()) ** 2).mean())
+    line = {"epoch": 2, "sequences": 100, "test_loss": test_loss, "baselines": {"bayes_posterior_mixture": bayes_loss}}
+    (run / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    return ev, batch, bayes
+
+
+def test_recipe_table_counts_plateaus_and_selection_per_arm(tmp_path):
+    from scipy.stats import t
+
+    src = tmp_path / "ablation"
+    runs = [_fake_ablation_run(src / f"arm_s{s}", s, "bayes" if s < 2 else "zeros") for s in range(3)]
+    book = {"device": "cpu", "command": "python scripts/recipe_ablation.py --out X --arms arm",
+            "runs": [{"arm": "arm", "seed": s, "rc": 0} for s in range(3)]}
+    (src / "ablation.json").write_text(json.dumps(book))
+    page = tmp_path / "r.md"
+    page.write_text(_page(tmp_path, "recipe"))
+    res = _run_script(page, "--table", "recipe", str(src))
+    assert res.returncode == 0, res.stderr
+    [row] = _rows(page.read_text(), "recipe")
+    assert row[0] == "arm" and row[1] == "— (the preset)"  # N and d are not recipe ingredients
+    assert row[2] == "0.00M (0.00M; capped, schedule unfinished)"  # 100 of the 2 × 90 sequences asked
+    assert row[3] == "2/3"  # the zero predictor is far above 1.25 × Bayes, Bayes' own predictions are not
+    # σ = 0.5: the worst excess at n ≥ 2d of each seed (0 for Bayes' predictions), mean and t-interval across seeds
+    worst = []
+    for ev, batch, bayes in runs:
+        g = ev["groups"]["sigma=0.5"]
+        worst.append(max(g["excess_risk_ratio"]["mean"][n] for n in range(2 * ev["d"], ev["N"])))
+    mean = sum(worst) / 3
+    sd = (sum((w - mean) ** 2 for w in worst) / 2) ** 0.5
+    half = t.ppf(0.975, 2) * sd / 3 ** 0.5
+    assert _numbers(row[4]) == pytest.approx([mean, mean - half, mean + half], abs=6e-4)
+    assert worst[0] == 0 and worst[2] > 1
+    # a model equal to the Bayes mixture is below the best single-λ ridge wherever that ridge is significantly worse
+    shown = [all(ev["groups"]["sigma=0.1"]["selection_shown"][n] for n in range(ev["d"], 2 * ev["d"] + 1)) for ev, *_ in runs]
+    assert row[7] == f"{sum(shown)}/3" and not shown[2]
+
+
+def test_vs_oracle_table_uses_each_groups_metric(tmp_path):
+    run = tmp_path / "ll"
+    import torch
+
+    from selectlens.baselines import suite_for
+    from selectlens.config import load_config
+    from selectlens.evaluate import evaluate_predictions
+    from selectlens.tasks import make_generator, make_task
+
+    cfg = load_config("linear_or_logistic_cpu", ["data.N=8", "data.d_d=3"])
+    task = make_task(cfg)
+    batch = task.sample(300, make_generator(4))
+    suite = suite_for(task)
+    fitted = suite.predictors(suite.fit(cfg.seed, 300))
+    model = fitted["ridge[0.5]"](batch)
+    run.mkdir()
+    (run / "eval.json").write_text(json.dumps(evaluate_predictions(task, batch, model, cfg)))
+    page = tmp_path / "r.md"
+    page.write_text(_page(tmp_path, "ll view=vs-oracle"))
+    res = _run_script(page, "--table", "ll", str(run))
+    assert res.returncode == 0, res.stderr
+    rows = _rows(page.read_text(), "ll")
+    oracle = fitted["type_oracle"](batch)
+    for group, metric, n, m, o, ratio in rows:
+        n = int(n)
+        keep = ~batch.is_regression if group == "classification" else (batch.is_regression & (batch.sigma == float(group[6:])))
+        if metric == "sign_error":
+            err = lambda p: ((torch.sign(p[keep, n]) != batch.y[keep, n]).double()).mean()  # noqa: E731
+        else:
+            err = lambda p: ((p[keep, n].double() - batch.y[keep, n].double()) ** 2).mean()  # noqa: E731
+        assert (metric == "sign_error") == (group == "classification")
+        assert _numbers(m)[0] == pytest.approx(float(err(model)), abs=6e-5)
+        assert _numbers(o)[0] == pytest.approx(float(err(oracle)), abs=6e-5)
+        assert _numbers(ratio)[0] == pytest.approx(float(err(model) / err(oracle)) - 1, abs=2e-3)
+    assert {r[0] for r in rows} == {"sigma=0.1", "sigma=0.5", "classification"} and {int(r[2]) for r in rows} == {6, 7}
