@@ -263,3 +263,34 @@ def test_vs_oracle_table_uses_each_groups_metric(tmp_path):
         assert _numbers(o)[0] == pytest.approx(float(err(oracle)), abs=6e-5)
         assert _numbers(ratio)[0] == pytest.approx(float(err(model) / err(oracle)) - 1, abs=2e-3)
     assert {r[0] for r in rows} == {"sigma=0.1", "sigma=0.5", "classification"} and {int(r[2]) for r in rows} == {6, 7}
+
+
+def test_recipe_ablation_script_runs_arms_and_feeds_the_recipe_table(tmp_path):
+    """scripts/recipe_ablation.py end to end on a tiny budget: each arm × seed trained and evaluated by the CLI,
+    ablation.json records them, and the recipe table reads them back; an unknown arm is a one-line error."""
+    import subprocess
+    import sys
+
+    script = ROOT / "scripts" / "recipe_ablation.py"
+    out = tmp_path / "abl"
+    tiny = ["data.train_samp_per_class=200", "eval.sequences=300", "eval.temperature_sequences=200", "model.n_embd=16",
+            "model.n_layer=1", "data.N=6", "data.d_d=2"]
+    cmd = [sys.executable, str(script), "--out", str(out), "--arms", "base,batch64_interleaved", "--seeds", "0,1",
+           "--scale", "0.02", *[a for s in tiny for a in ("--set", s)]]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    book = json.loads((out / "ablation.json").read_text())
+    assert [(r["arm"], r["seed"], r["rc"]) for r in book["runs"]] == [
+        ("base", 0, 0), ("base", 1, 0), ("batch64_interleaved", 0, 0), ("batch64_interleaved", 1, 0)]
+    cfg = json.loads((out / "batch64_interleaved_s1" / "config.json").read_text())
+    assert (cfg["data"]["layout"], cfg["training"]["batch_size"], cfg["seed"]) == ("interleaved", 64, 1)
+    assert json.loads((out / "base_s0" / "config.json").read_text())["training"]["batch_size"] == 512
+    page = tmp_path / "r.md"
+    page.write_text(_page(tmp_path, "recipe"))
+    res = _run_script(page, "--table", "recipe", str(out))
+    assert res.returncode == 0, res.stderr
+    rows = _rows(page.read_text(), "recipe")
+    assert [r[0] for r in rows] == ["base", "batch64_interleaved"]
+    assert rows[1][1] == "layout=interleaved, n_embd=16, n_layer=1, batch_size=64, lr=0.001" and rows[0][3].endswith("/2")
+    res = subprocess.run([sys.executable, str(script), "--out", str(out), "--arms", "nope"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.startswith("error: unknown arm(s) nope") and res.stderr.count("\n") == 1
