@@ -32,6 +32,9 @@ from its sources, or from ``view=`` in the marker, e.g. ``<!-- table: cls-loglos
 * ``vs-oracle`` (raw-data run directories): per task group and n (default 2d, 3d, N − 1) the model
   against one reference (``predictor=``, default ``type_oracle``) in the group's metric (sign error
   for classification, squared error otherwise), each with its CI, and their ratio;
+* ``mixture-vs-single`` (raw-data run directories, seeds in the same order): the three-model σ
+  experiment from each run's own eval.json, the mixture model against the model trained on that σ
+  alone at n ≥ 2d, their ratio per seed pair with a 95% t-interval across pairs;
 * ``noise-models`` (the ``--json`` output of ``scripts/noise_models_table.py``): its tables.
 
 Under each table the script writes the command that regenerates it, the command that produced its
@@ -448,8 +451,43 @@ def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str]
     return _table(head, rows), cmds, _run_devices(sources)
 
 
+def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    """The three-model σ experiment from each model's own eval.json: the mixture runs (trained on several σ)
+    against the runs trained on one σ, on that σ, at n ≥ 2d (or ``positions=``). Per seed index i the ratio
+    mixture_i / single_i − 1 of their squared errors; across seeds the mean with a 95% t-interval."""
+    from selectlens.sweeps.aggregate import t_interval
+
+    evals = [(s, _read_json(s / "eval.json")) for s in sources]
+    groups = lambda ev: [g for g in ev["groups"] if g.startswith("sigma=")]  # noqa: E731
+    mixture = [(s, ev) for s, ev in evals if len(groups(ev)) > 1]
+    single: dict[str, list[dict[str, Any]]] = {}
+    for s, ev in evals:
+        if len(groups(ev)) == 1:
+            single.setdefault(groups(ev)[0], []).append(ev)
+    if not mixture or not single:
+        raise TableError("view mixture-vs-single needs runs trained on the σ mixture and runs trained on one σ")
+    head = ["σ", "n", "mixture model MSE", "single-σ model MSE", "Bayes (own σ known: oracle ridge)",
+            "mixture / single − 1 [95% t-interval over seed pairs]", "seeds"]
+    rows = []
+    for g, singles in single.items():
+        k = min(len(mixture), len(singles))
+        ev0 = mixture[0][1]
+        sizes, d = ev0["positions"], ev0["d"]
+        wanted = [int(n) for n in opts["positions"].split(",")] if "positions" in opts else [n for n in sizes if n >= 2 * d]
+        for n in wanted:
+            i = sizes.index(n)
+            mix = [ev["groups"][g]["predictors"]["model"]["mse"]["mean"][i] for _, ev in mixture[:k]]
+            one = [ev["groups"][g]["predictors"]["model"]["mse"]["mean"][i] for ev in singles[:k]]
+            oracle = [ev["groups"][g]["predictors"]["oracle_sigma_ridge"]["mse"]["mean"][i] for _, ev in mixture[:k]]
+            m, lo, hi = t_interval([a / b - 1 for a, b in zip(mix, one)])
+            rows.append([g[6:], str(n), _f(sum(mix) / k, ".4f"), _f(sum(one) / k, ".4f"), _f(sum(oracle) / k, ".4f"),
+                         f"{m:+.3f} {_ci(lo, hi, '+.3f')}", str(k)])
+    cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))}" for s in sources)
+    return _table(head, rows), cmds, _run_devices(sources)
+
+
 VIEWS = {"task-diversity": view_task_diversity, "eval": view_eval, "excess": view_excess, "sweep": view_sweep, "sweep-trials": view_sweep_trials,
-         "bench": view_bench, "efficiency": view_efficiency, "noise-models": view_noise_models, "recipe": view_recipe, "vs-oracle": view_vs_oracle}
+         "bench": view_bench, "efficiency": view_efficiency, "noise-models": view_noise_models, "recipe": view_recipe, "vs-oracle": view_vs_oracle, "mixture-vs-single": view_mixture_vs_single}
 
 
 def default_view(sources: list[Path]) -> str:

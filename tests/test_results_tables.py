@@ -169,7 +169,7 @@ def _run_script(page, *args):
                           cwd=ROOT, timeout=300)
 
 
-def _fake_ablation_run(run, seed: int, model_from: str):
+def _fake_ablation_run(run, seed: int, model_from: str, *overrides: str):
     """A raw run directory as scripts/recipe_ablation.py leaves it, with eval.json made by the real evaluator from
     chosen model predictions: the Bayes mixture's own (a selecting model) or zeros (a model on the plateau)."""
     import torch
@@ -179,13 +179,15 @@ def _fake_ablation_run(run, seed: int, model_from: str):
     from selectlens.evaluate import evaluate_predictions
     from selectlens.tasks import make_generator, make_task
 
-    cfg = load_config("mixed_noise_cpu", ["data.N=8", "data.d_d=3", "training.epochs=2", "data.train_samp_per_class=100"])
+    cfg = load_config("mixed_noise_cpu", ["data.N=8", "data.d_d=3", "training.epochs=2", "data.train_samp_per_class=100",
+                                          *overrides])
     task = make_task(cfg)
     batch = task.sample(400, make_generator(seed))
     suite = suite_for(task)
     fitted = suite.predictors(suite.fit(cfg.seed, 400))
     bayes = fitted["bayes_posterior_mixture"](batch)
-    model = bayes if model_from == "bayes" else torch.zeros_like(batch.target)
+    model = {"bayes": bayes, "zeros": torch.zeros_like(batch.target)}.get(model_from)
+    model = fitted[model_from](batch) if model is None else model
     ev = json.loads(json.dumps(evaluate_predictions(task, batch, model, cfg)))
     run.mkdir(parents=True)
     (run / "eval.json").write_text(json.dumps(ev))
@@ -294,3 +296,28 @@ def test_recipe_ablation_script_runs_arms_and_feeds_the_recipe_table(tmp_path):
     assert rows[1][1] == "layout=interleaved, n_embd=16, n_layer=1, batch_size=64, lr=0.001" and rows[0][3].endswith("/2")
     res = subprocess.run([sys.executable, str(script), "--out", str(out), "--arms", "nope"], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("error: unknown arm(s) nope") and res.stderr.count("\n") == 1
+
+
+def test_mixture_vs_single_table_pairs_seeds_per_sigma(tmp_path):
+    """The three-model table: per σ and n, the mixture runs' model MSE over the single-σ runs', per seed pair."""
+    from scipy.stats import t
+
+    mix = [_fake_ablation_run(tmp_path / f"mix_s{s}", s, "ridge[0.1]")[0] for s in range(2)]
+    low = [_fake_ablation_run(tmp_path / f"low_s{s}", 10 + s, "bayes", "data.noise_levels=[0.1]")[0] for s in range(2)]
+    page = tmp_path / "r.md"
+    page.write_text(_page(tmp_path, "tm view=mixture-vs-single"))
+    runs = [tmp_path / f"{k}_s{s}" for k in ("mix", "low") for s in range(2)]
+    res = _run_script(page, "--table", "tm", *map(str, runs))
+    assert res.returncode == 0, res.stderr
+    rows = _rows(page.read_text(), "tm")
+    assert [(r[0], int(r[1])) for r in rows] == [("0.1", 6), ("0.1", 7)]  # only σ = 0.1 has a single-σ model; n ≥ 2d
+    for r in rows:
+        i = mix[0]["positions"].index(int(r[1]))
+        a = [e["groups"]["sigma=0.1"]["predictors"]["model"]["mse"]["mean"][i] for e in mix]
+        b = [e["groups"]["sigma=0.1"]["predictors"]["model"]["mse"]["mean"][i] for e in low]
+        ratios = [x / y - 1 for x, y in zip(a, b)]
+        mean, half = sum(ratios) / 2, t.ppf(0.975, 1) * abs(ratios[0] - ratios[1]) / 2
+        assert _numbers(r[2])[0] == pytest.approx(sum(a) / 2, abs=6e-5) and _numbers(r[3])[0] == pytest.approx(sum(b) / 2, abs=6e-5)
+        assert _numbers(r[5]) == pytest.approx([mean, mean - half, mean + half], abs=6e-4) and r[6] == "2"
+    res = _run_script(page, "--table", "tm", *map(str, runs[:2]))
+    assert res.returncode == 2 and "needs runs trained on the σ mixture and runs trained on one σ" in res.stderr
