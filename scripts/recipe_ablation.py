@@ -8,7 +8,7 @@ so (its metrics.jsonl holds the sequences it reached), it is never passed off as
 
     python scripts/recipe_ablation.py --out runs/ablation [--device cuda] [--jobs 16] [--minutes 8]
         [--arms base,batch256,...] [--seeds 0,1,2]
-    python scripts/results_tables.py ablation runs/ablation   # the table docs/results.md shows
+    python scripts/results_tables.py docs/results.md --table recipe runs/ablation   # the table docs/results.md shows
 
 The recipe (``base``) is the ``mixed_noise_cpu`` preset (batch 512, lr 3e-3); ``batch256_*`` and
 ``batch64_*`` arms change the batch (and peak lr) first; ``--scale`` multiplies every arm's sequence
@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,15 +71,23 @@ def _one(arm: str, seed: int, args, deadline: float) -> dict:
            "--device", args.device, "--quiet", "--force", "--max-minutes", f"{minutes:.2f}",
            "--set", f"training.epochs={epochs}", *[a for s in sets for a in ("--set", s)], *args.set]
     t0 = time.time()
-    log = open(args.out / f"{arm}_s{seed}.log", "w")
-    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-    train_s = time.time() - t0
-    if rc == 0:
-        rc = subprocess.call([sys.executable, "-m", "selectlens", "eval", "--run", str(run), "--device", args.device],
-                             stdout=log, stderr=subprocess.STDOUT)
+    with open(args.out / f"{arm}_s{seed}.log", "w") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        train_s = time.time() - t0
+        if rc == 0:
+            rc = subprocess.call([sys.executable, "-m", "selectlens", "eval", "--run", str(run), "--device", args.device],
+                                 stdout=log, stderr=subprocess.STDOUT)
     done = {"arm": arm, "seed": seed, "rc": rc, "train_s": round(train_s, 1), "epochs_asked": epochs}
     print(json.dumps(done), flush=True)
     return done
+
+
+def _write_book(args, argv: list[str], done: list[dict]) -> None:
+    """ablation.json, rewritten whole (temporary file, then rename) after every finished run."""
+    book = {"device": args.device, "command": " ".join(["python", "scripts/recipe_ablation.py", *argv]), "runs": done}
+    tmp = args.out / "ablation.json.tmp"
+    tmp.write_text(json.dumps(book, indent=2))
+    os.replace(tmp, args.out / "ablation.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--set", action="append", default=[], help="an override for every arm (--set KEY=VALUE)")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     args.set = [a for s in args.set for a in ("--set", s)]
     arms = args.arms.split(",")
@@ -99,16 +109,31 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}", file=sys.stderr)
         return 2
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        print(f"error: --seeds {args.seeds}: not a comma-separated list of integers", file=sys.stderr)
+        return 2
+    if args.jobs < 1 or args.scale <= 0 or any(s < 0 for s in seeds):
+        print("error: --jobs must be >= 1, --scale > 0 and every seed >= 0", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     deadline = time.time() + 60 * args.minutes
-    jobs = [(a, int(s)) for a in arms for s in args.seeds.split(",")]
+    jobs = [(a, s) for a in arms for s in seeds]
+    done: list[dict] = []
+    lock = threading.Lock()
+
+    def one(job):
+        result = _one(*job, args, deadline)
+        with lock:
+            done.append(result)
+            _write_book(args, argv, sorted(done, key=lambda r: jobs.index((r["arm"], r["seed"]))))
+        return result
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda j: _one(*j, args, deadline), jobs))
-    book = {"device": args.device, "command": " ".join(["python", "scripts/recipe_ablation.py", *(argv or sys.argv[1:])]),
-            "runs": done}
-    (args.out / "ablation.json").write_text(json.dumps(book, indent=2))
-    return 0 if all(d["rc"] == 0 for d in done) else 1
+        results = list(pool.map(one, jobs))
+    return 0 if all(d["rc"] == 0 for d in results) else 1
 
 
 if __name__ == "__main__":

@@ -165,9 +165,7 @@ def view_excess(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
         sizes = ev.get("positions") or []  # the context size n at each read-out position
         if len(sizes) < 2:
             raise TableError(f"{src}: view excess needs a run read out at several positions (eval.json of a {ev.get('task')} run)")
-        wanted = [int(n) for n in opts["positions"].split(",")] if "positions" in opts else None
-        if wanted is not None and not set(wanted) <= set(sizes):
-            raise TableError(f"{src}: positions={opts['positions']}: n must be one of {sizes[0]}..{sizes[-1]}")
+        wanted = _positions(opts, sizes, None, src)
         ns = [sizes.index(n) for n in wanted] if wanted is not None else ev["table_positions"]  # indices
         ref = ev["reference"]
         for g, res in ev["groups"].items():
@@ -338,9 +336,9 @@ def view_task_diversity(sources: list[Path], opts: dict[str, str]) -> tuple[list
 
 
 # The recipe ablation (scripts/recipe_ablation.py): one row per arm, across its seeds.
-RECIPE_KEYS = ("data.layout", "data.noise_levels", "model.n_embd", "model.n_layer", "training.batch_size", "training.lr",
-               "training.warmup_steps", "training.curriculum")
-PLATEAU = 1.25  # a model whose test MSE (all positions) is above 1.25 × the Bayes mixture's has not left the plateau
+RECIPE_KEYS = ("data.task", "data.layout", "data.noise_levels", "model.n_embd", "model.n_layer", "training.batch_size",
+               "training.lr", "training.warmup_steps", "training.curriculum")
+PLATEAU = 1.25  # a model whose eval MSE (mean over positions) is above 1.25 × the reference's has not left the plateau
 
 
 def _dotted(cfg: dict[str, Any], key: str) -> Any:
@@ -349,24 +347,49 @@ def _dotted(cfg: dict[str, Any], key: str) -> Any:
     return cfg
 
 
+def _positions(opts: dict[str, str], sizes: list[int], default: list[int], src: Path) -> list[int]:
+    """The context sizes n a table shows: ``positions=`` (each one a run has) or ``default``."""
+    if "positions" not in opts:
+        return default
+    try:
+        wanted = [int(n) for n in opts["positions"].split(",")]
+    except ValueError:
+        raise TableError(f"positions={opts['positions']}: not a comma-separated list of integers") from None
+    if not set(wanted) <= set(sizes):
+        raise TableError(f"{src}: positions={opts['positions']}: n must be one of {sizes[0]}..{sizes[-1]}")
+    return wanted
+
+
+def _mean_over_positions(res: dict[str, Any], name: str) -> float:
+    curve = res["predictors"][name]["mse"]["mean"]
+    return sum(curve) / len(curve)
+
+
 def recipe_run(run: Path) -> dict[str, Any]:
-    """One ablation run: its config, sequences trained and asked, plateau, and the σ-group figures at n = d..N−1."""
+    """One ablation run: its config, sequences trained and asked, plateau (from eval.json, at full size on
+    its 20,000 held-out sequences), and per σ group the excess ratio and the best single-λ ridge's at each n."""
     cfg, ev = _read_json(run / "config.json"), _read_json(run / "eval.json")
-    last = json.loads((run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if (run / "metrics.jsonl").is_file() else []
+    if not lines:
+        raise TableError(f"{run}: no metrics.jsonl records (a run that never finished an epoch)")
     n_train = round(cfg["data"]["train_samp_per_class"] * cfg["data"]["train_prop"])
     d, sizes, ref = ev["d"], ev["positions"], ev["reference"]
-    out = {"config": cfg, "sequences": last["sequences"], "asked": cfg["training"]["epochs"] * n_train,
-           "plateau": last["test_loss"] > PLATEAU * last["baselines"][ref], "groups": {}}
+    if "excess_risk_ratio" not in ev["groups"]["all"] or not any(n >= 2 * d for n in sizes):
+        raise TableError(f"{run}: view recipe needs a raw-data run read out at n = d..N−1 (eval.json of a {ev.get('task')} run)")
+    all_ = ev["groups"]["all"]
+    out = {"config": cfg, "sequences": json.loads(lines[-1])["sequences"], "asked": cfg["training"]["epochs"] * n_train,
+           "plateau": _mean_over_positions(all_, "model") > PLATEAU * _mean_over_positions(all_, ref), "groups": {}}
+    selects = len(cfg["data"].get("noise_levels") or []) > 1  # one σ: the best single ridge is the Bayes rule
+    idx = {n: i for i, n in enumerate(sizes)}
     for g, res in ev["groups"].items():
-        if g == "all" or "excess_risk_ratio" not in res:
+        if g == "all" or not g.startswith("sigma="):
             continue
-        idx = {n: i for i, n in enumerate(sizes)}
         ratio, shown = res["excess_risk_ratio"], res["selection_shown"]
         out["groups"][g] = {"ratio": {n: ratio["mean"][i] for n, i in idx.items()},
-                            "shown_d_2d": all(shown[idx[n]] for n in range(d, 2 * d + 1) if n in idx),
+                            "shown_d_2d": all(shown[idx[n]] for n in range(d, 2 * d + 1) if n in idx) if selects else None,
                             "worst_2d": max(ratio["mean"][idx[n]] for n in sizes if n >= 2 * d), "d": d}
         ref_mse, line = res["predictors"][ref]["mse"]["mean"], res.get("non_selecting_excess")
-        if line is not None:
+        if line is not None and selects:
             out["groups"][g]["line"] = {n: line["mean"][i] / ref_mse[i] for n, i in idx.items()}
     return out
 
@@ -376,15 +399,37 @@ def _change(cfg: dict[str, Any], preset: dict[str, Any]) -> str:
     return ", ".join(diff) or "— (the preset)"
 
 
+def _sigma_cells(runs: list[dict[str, Any]], g: str) -> list[str]:
+    """σ = 0.5's worst excess at n ≥ 2d, or σ = 0.1's excess at d and 2d, the ridge line and the selection count."""
+    from selectlens.sweeps.aggregate import t_interval
+
+    gs = [r["groups"][g] for r in runs if g in r["groups"]]
+    if g == "sigma=0.5":
+        if not gs:
+            return ["—"]
+        m, lo, hi = t_interval([x["worst_2d"] for x in gs])
+        return [f"{m:+.3f} {_ci(lo, hi, '+.3f')}"]
+    if not gs:
+        return ["—"] * 3
+    d = gs[0]["d"]
+    at = [t_interval([x["ratio"][n] for x in gs]) for n in (d, 2 * d)]
+    lines = [sum(x["line"][n] for x in gs) / len(gs) for n in (d, 2 * d)] if all("line" in x for x in gs) else None
+    shown = [x["shown_d_2d"] for x in gs]
+    return [" / ".join(f"{m:+.2f} {_ci(lo, hi, '+.2f')}" for m, lo, hi in at),
+            "—" if lines is None else " / ".join(f"{v:+.2f}" for v in lines),
+            "—" if None in shown else f"{sum(shown)}/{len(shown)}"]
+
+
 def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
     """Per arm of each ablation directory: sequences, seeds off the plateau, σ = 0.5 worst excess at n ≥ 2d,
     σ = 0.1 excess at n = d and 2d against the best single-λ ridge, seeds showing selection for all n in d..2d."""
     from selectlens.config import load_config
-    from selectlens.sweeps.aggregate import t_interval
 
     preset = load_config(opts.get("preset", "mixed_noise_cpu")).model_dump(mode="json")
-    head = ["arm", "change from the preset", "sequences (asked)", "off the plateau", "σ=0.5: worst excess n ≥ 2d",
-            "σ=0.1: excess at n = d / 2d", "best single-λ ridge at d / 2d", "σ=0.1 selection shown for all n in d..2d"]
+    many = len(sources) > 1
+    head = (["source"] if many else []) + [
+        "arm", "change from the preset", "sequences (asked)", "off the plateau", "σ=0.5: worst excess n ≥ 2d",
+        "σ=0.1: excess at n = d / 2d", "best single-λ ridge at d / 2d", "σ=0.1 selection shown for all n in d..2d"]
     rows, devices = [], []
     for src in sources:
         book = _read_json(src / "ablation.json")
@@ -395,34 +440,22 @@ def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
             if r["rc"] == 0 and (run / "eval.json").is_file():
                 arms.setdefault(r["arm"], []).append(recipe_run(run))
         for arm, runs in arms.items():
-            seq = sum(r["sequences"] for r in runs) / len(runs)
-            asked = runs[0]["asked"]
-            seqs = f"{seq / 1e6:.2f}M" + ("" if seq >= asked else f" ({asked / 1e6:.2f}M; capped, schedule unfinished)")
-            cells = [arm, _change(runs[0]["config"], preset), seqs, f"{sum(not r['plateau'] for r in runs)}/{len(runs)}"]
-            for g, fmt in (("sigma=0.5", "worst"), ("sigma=0.1", "d2d")):
-                gs = [r["groups"][g] for r in runs if g in r["groups"]]
-                if not gs:
-                    cells += ["—"] * (1 if fmt == "worst" else 3)
-                    continue
-                if fmt == "worst":
-                    m, lo, hi = t_interval([x["worst_2d"] for x in gs])
-                    cells.append(f"{m:+.3f} {_ci(lo, hi, '+.3f')}")
-                    continue
-                d = gs[0]["d"]
-                at = [t_interval([x["ratio"][n] for x in gs]) for n in (d, 2 * d)]
-                cells.append(" / ".join(f"{m:+.2f} {_ci(lo, hi, '+.2f')}" for m, lo, hi in at))
-                lines = [sum(x["line"][n] for x in gs) / len(gs) for n in (d, 2 * d)] if "line" in gs[0] else None
-                cells.append("—" if lines is None else " / ".join(f"{v:+.2f}" for v in lines))
-                cells.append(f"{sum(x['shown_d_2d'] for x in gs)}/{len(gs)}")
-            rows.append(cells)
+            seq, asked = sum(r["sequences"] for r in runs) / len(runs), max(r["asked"] for r in runs)
+            capped = sum(r["sequences"] < r["asked"] for r in runs)
+            seqs = f"{seq / 1e6:.2f}M" + (f" ({asked / 1e6:.2f}M; {capped} of {len(runs)} capped, schedule unfinished)"
+                                          if capped else "")
+            rows.append(([src.name] if many else []) + [
+                arm, _change(runs[0]["config"], preset), seqs, f"{sum(not r['plateau'] for r in runs)}/{len(runs)}",
+                *_sigma_cells(runs, "sigma=0.5"), *_sigma_cells(runs, "sigma=0.1")])
     cmd = "; ".join(_read_json(s / "ablation.json").get("command", f"python scripts/recipe_ablation.py --out {s}")
                     for s in sources)
     return _table(head, rows), cmd, "device " + ", ".join(dict.fromkeys(devices))
 
 
 def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
-    """Per task group and n ≥ 2d: the model against one reference predictor (``predictor=``, default
-    ``type_oracle``) in the group's own metric (sign error for classification, squared error otherwise)."""
+    """Per task group and n (default 2d, 3d and N − 1): the model against one reference predictor
+    (``predictor=``, default ``type_oracle``) in the group's own metric (sign error for classification,
+    squared error otherwise)."""
     other = opts.get("predictor", "type_oracle")
     head = (["run"] if len(sources) > 1 else []) + ["group", "metric", "n", "model [95% CI]", f"{other} [95% CI]",
                                                     f"model / {other} − 1"]
@@ -430,17 +463,15 @@ def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str]
     for src in sources:
         ev = _read_json(src / "eval.json")
         sizes, d = ev["positions"], ev["d"]
+        if other not in ev["groups"]["all"]["predictors"]:
+            raise TableError(f"{src}: predictor={other} is not in its eval.json "
+                             f"(one of {', '.join(ev['groups']['all']['predictors'])})")
+        wanted = _positions(opts, sizes, sorted({n for n in (2 * d, 3 * d, sizes[-1]) if n in sizes}), src)
         for g, res in ev["groups"].items():
-            if g == "all" or other not in res["predictors"]:
+            if g == "all":
                 continue
             metric = "sign_error" if "sign_error" in res["predictors"]["model"] else "mse"
             model, ref = res["predictors"]["model"][metric], res["predictors"][other][metric]
-            if "positions" in opts:
-                wanted = [int(n) for n in opts["positions"].split(",")]
-                if not set(wanted) <= set(sizes):
-                    raise TableError(f"{src}: positions={opts['positions']}: n must be one of {sizes[0]}..{sizes[-1]}")
-            else:
-                wanted = sorted({n for n in (2 * d, 3 * d, sizes[-1]) if n in sizes})
             for n in wanted:
                 i = sizes.index(n)
                 rows.append(([src.name] if len(sources) > 1 else []) + [
@@ -451,37 +482,52 @@ def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str]
     return _table(head, rows), cmds, _run_devices(sources)
 
 
+def _sigma_groups(ev: dict[str, Any]) -> list[str]:
+    return [g for g in ev["groups"] if g.startswith("sigma=")]
+
+
 def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
     """The three-model σ experiment from each model's own eval.json: the mixture runs (trained on several σ)
-    against the runs trained on one σ, on that σ, at n ≥ 2d (or ``positions=``). Per seed index i the ratio
-    mixture_i / single_i − 1 of their squared errors; across seeds the mean with a 95% t-interval."""
+    against the runs trained on one σ, on that σ, at n ≥ 2d (or ``positions=``). Runs pair by their training
+    seed: the ratio mixture_s / single_s − 1 of their squared errors per seed s, then the mean across seeds
+    with a 95% t-interval."""
     from selectlens.sweeps.aggregate import t_interval
 
-    evals = [(s, _read_json(s / "eval.json")) for s in sources]
-    groups = lambda ev: [g for g in ev["groups"] if g.startswith("sigma=")]  # noqa: E731
-    mixture = [(s, ev) for s, ev in evals if len(groups(ev)) > 1]
-    single: dict[str, list[dict[str, Any]]] = {}
-    for s, ev in evals:
-        if len(groups(ev)) == 1:
-            single.setdefault(groups(ev)[0], []).append(ev)
+    mixture: dict[int, dict[str, Any]] = {}
+    single: dict[str, dict[int, dict[str, Any]]] = {}
+    for src in sources:
+        ev, seed = _read_json(src / "eval.json"), _read_json(src / "config.json")["seed"]
+        book = mixture if len(_sigma_groups(ev)) > 1 else single.setdefault(_sigma_groups(ev)[0], {}) if _sigma_groups(ev) else None
+        if book is None:
+            raise TableError(f"{src}: view mixture-vs-single needs raw-data runs with σ groups")
+        if seed in book:
+            raise TableError(f"{src}: a second run of seed {seed} of the same kind; give one run per seed")
+        book[seed] = ev | {"_src": src}
     if not mixture or not single:
         raise TableError("view mixture-vs-single needs runs trained on the σ mixture and runs trained on one σ")
+    ev0 = next(iter(mixture.values()))
+    sizes, d = ev0["positions"], ev0["d"]
+    for ev in [*mixture.values(), *(e for b in single.values() for e in b.values())]:
+        if ev["positions"] != sizes:
+            raise TableError(f"{ev['_src']}: its context sizes differ from {ev0['_src']}'s; compare runs of one task size")
+    wanted = _positions(opts, sizes, [n for n in sizes if n >= 2 * d], ev0["_src"])
     head = ["σ", "n", "mixture model MSE", "single-σ model MSE", "Bayes (own σ known: oracle ridge)",
-            "mixture / single − 1 [95% t-interval over seed pairs]", "seeds"]
+            "mixture / single − 1 [95% t-interval over seeds]", "seeds"]
     rows = []
     for g, singles in single.items():
-        k = min(len(mixture), len(singles))
-        ev0 = mixture[0][1]
-        sizes, d = ev0["positions"], ev0["d"]
-        wanted = [int(n) for n in opts["positions"].split(",")] if "positions" in opts else [n for n in sizes if n >= 2 * d]
+        seeds = sorted(set(mixture) & set(singles))
+        if not seeds:
+            raise TableError(f"no seed has both a mixture run and a {g} run (mixture seeds {sorted(mixture)}, "
+                             f"{g} seeds {sorted(singles)})")
         for n in wanted:
             i = sizes.index(n)
-            mix = [ev["groups"][g]["predictors"]["model"]["mse"]["mean"][i] for _, ev in mixture[:k]]
-            one = [ev["groups"][g]["predictors"]["model"]["mse"]["mean"][i] for ev in singles[:k]]
-            oracle = [ev["groups"][g]["predictors"]["oracle_sigma_ridge"]["mse"]["mean"][i] for _, ev in mixture[:k]]
+            mse = lambda ev, name="model": ev["groups"][g]["predictors"][name]["mse"]["mean"][i]  # noqa: E731
+            mix, one = [mse(mixture[s]) for s in seeds], [mse(singles[s]) for s in seeds]
+            oracle = [mse(mixture[s], "oracle_sigma_ridge") for s in seeds]
             m, lo, hi = t_interval([a / b - 1 for a, b in zip(mix, one)])
+            k = len(seeds)
             rows.append([g[6:], str(n), _f(sum(mix) / k, ".4f"), _f(sum(one) / k, ".4f"), _f(sum(oracle) / k, ".4f"),
-                         f"{m:+.3f} {_ci(lo, hi, '+.3f')}", str(k)])
+                         f"{m:+.3f} {_ci(lo, hi, '+.3f')}", ",".join(map(str, seeds))])
     cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))}" for s in sources)
     return _table(head, rows), cmds, _run_devices(sources)
 

@@ -169,7 +169,7 @@ def _run_script(page, *args):
                           cwd=ROOT, timeout=300)
 
 
-def _fake_ablation_run(run, seed: int, model_from: str, *overrides: str):
+def _fake_ablation_run(run, seed: int, model_from: str, *overrides: str, data_seed: int | None = None):
     """A raw run directory as scripts/recipe_ablation.py leaves it, with eval.json made by the real evaluator from
     chosen model predictions: the Bayes mixture's own (a selecting model) or zeros (a model on the plateau)."""
     import torch
@@ -180,9 +180,9 @@ def _fake_ablation_run(run, seed: int, model_from: str, *overrides: str):
     from selectlens.tasks import make_generator, make_task
 
     cfg = load_config("mixed_noise_cpu", ["data.N=8", "data.d_d=3", "training.epochs=2", "data.train_samp_per_class=100",
-                                          *overrides])
+                                          f"seed={seed}", *overrides])
     task = make_task(cfg)
-    batch = task.sample(400, make_generator(seed))
+    batch = task.sample(400, make_generator(seed if data_seed is None else data_seed))
     suite = suite_for(task)
     fitted = suite.predictors(suite.fit(cfg.seed, 400))
     bayes = fitted["bayes_posterior_mixture"](batch)
@@ -213,7 +213,7 @@ def test_recipe_table_counts_plateaus_and_selection_per_arm(tmp_path):
     assert res.returncode == 0, res.stderr
     [row] = _rows(page.read_text(), "recipe")
     assert row[0] == "arm" and row[1] == "— (the preset)"  # N and d are not recipe ingredients
-    assert row[2] == "0.00M (0.00M; capped, schedule unfinished)"  # 100 of the 2 × 90 sequences asked
+    assert row[2] == "0.00M (0.00M; 3 of 3 capped, schedule unfinished)"  # 100 of the 2 × 90 sequences asked
     assert row[3] == "2/3"  # the zero predictor is far above 1.25 × Bayes, Bayes' own predictions are not
     # σ = 0.5: the worst excess at n ≥ 2d of each seed (0 for Bayes' predictions), mean and t-interval across seeds
     worst = []
@@ -228,6 +228,23 @@ def test_recipe_table_counts_plateaus_and_selection_per_arm(tmp_path):
     # a model equal to the Bayes mixture is below the best single-λ ridge wherever that ridge is significantly worse
     shown = [all(ev["groups"]["sigma=0.1"]["selection_shown"][n] for n in range(ev["d"], 2 * ev["d"] + 1)) for ev, *_ in runs]
     assert row[7] == f"{sum(shown)}/3" and not shown[2]
+    # σ = 0.1 at n = d and 2d: the excess ratio's mean over seeds (0 for Bayes' own predictions), and the ridge's
+    for k, n in enumerate((3, 6)):
+        ratios = []
+        for seed, (ev, batch, bayes) in enumerate(runs):
+            keep = batch.sigma == 0.1
+            err = lambda p: float(((p[keep, n].double() - batch.y[keep, n].double()) ** 2).mean())  # noqa: E731
+            model = bayes if seed < 2 else 0 * bayes  # as _fake_ablation_run made them
+            ratios.append(err(model) / err(bayes) - 1)
+        assert _numbers(row[5].split(" / ")[k])[0] == pytest.approx(sum(ratios) / 3, abs=6e-3)
+        line = [ev["groups"]["sigma=0.1"]["non_selecting_excess"]["mean"][n] / ev["groups"]["sigma=0.1"]["predictors"][
+            "bayes_posterior_mixture"]["mse"]["mean"][n] for ev, *_ in runs]
+        assert _numbers(row[6].split(" / ")[k])[0] == pytest.approx(sum(line) / 3, abs=6e-3) and min(line) > 0
+    for bad in ("positions=a,b", "positions=99"):
+        page.write_text(_page(tmp_path, f"recipe-x view=excess {bad}"))
+        res = _run_script(page, "--table", "recipe-x", str(src / "arm_s0"))
+        assert res.returncode == 2 and res.stderr.startswith("error: positions=") or "n must be one of" in res.stderr
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
 
 def test_vs_oracle_table_uses_each_groups_metric(tmp_path):
@@ -303,10 +320,11 @@ def test_mixture_vs_single_table_pairs_seeds_per_sigma(tmp_path):
     from scipy.stats import t
 
     mix = [_fake_ablation_run(tmp_path / f"mix_s{s}", s, "ridge[0.1]")[0] for s in range(2)]
-    low = [_fake_ablation_run(tmp_path / f"low_s{s}", 10 + s, "bayes", "data.noise_levels=[0.1]")[0] for s in range(2)]
+    low = [_fake_ablation_run(tmp_path / f"low_s{s}", s, "bayes", "data.noise_levels=[0.1]", data_seed=10 + s)[0]
+           for s in range(2)]
     page = tmp_path / "r.md"
     page.write_text(_page(tmp_path, "tm view=mixture-vs-single"))
-    runs = [tmp_path / f"{k}_s{s}" for k in ("mix", "low") for s in range(2)]
+    runs = [tmp_path / f"{k}_s{s}" for k in ("mix", "low") for s in (1, 0)]  # pairs by the runs' seeds, not their order
     res = _run_script(page, "--table", "tm", *map(str, runs))
     assert res.returncode == 0, res.stderr
     rows = _rows(page.read_text(), "tm")
@@ -318,6 +336,6 @@ def test_mixture_vs_single_table_pairs_seeds_per_sigma(tmp_path):
         ratios = [x / y - 1 for x, y in zip(a, b)]
         mean, half = sum(ratios) / 2, t.ppf(0.975, 1) * abs(ratios[0] - ratios[1]) / 2
         assert _numbers(r[2])[0] == pytest.approx(sum(a) / 2, abs=6e-5) and _numbers(r[3])[0] == pytest.approx(sum(b) / 2, abs=6e-5)
-        assert _numbers(r[5]) == pytest.approx([mean, mean - half, mean + half], abs=6e-4) and r[6] == "2"
+        assert _numbers(r[5]) == pytest.approx([mean, mean - half, mean + half], abs=6e-4) and r[6] == "0,1"
     res = _run_script(page, "--table", "tm", *map(str, runs[:2]))
     assert res.returncode == 2 and "needs runs trained on the σ mixture and runs trained on one σ" in res.stderr

@@ -613,7 +613,7 @@ def _error(message: str) -> None:
 
 BENCH_EXAMPLES = {
     "datagen": "selectlens bench datagen --task classification --json",
-    "train": "selectlens bench train --config mixed_noise_cpu --set data.layout=per_example",
+    "train": "selectlens bench train --config mixed_noise_cpu --set data.layout=interleaved",
     "baselines": "selectlens bench baselines --d 5 --N 20 --threads 1",
     "sweep": "selectlens bench sweep --trials 8 --json",
 }

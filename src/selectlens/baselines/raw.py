@@ -1,4 +1,4 @@
-"""Exact baselines for the raw-data (interleaved) tasks, every prefix at once (docs/design.md#raw-baselines).
+"""Exact baselines for the raw-data tasks (either token layout), every prefix at once (docs/design.md#raw-baselines).
 
 Every predictor is ``predict(batch: RawBatch) -> Tensor [B, N]``: entry ``[b, i]`` predicts
 ``y_i`` at x-token i from the i earlier pairs ``(x_0, y_0) … (x_{i−1}, y_{i−1})``, like the

@@ -1,7 +1,8 @@
-"""Interpretability analyses for raw-data (interleaved) runs.
+"""Interpretability analyses for raw-data runs, in either token layout.
 
-Tokens ``[B, 2N, d+1]``: x-token i at position 2i, y-token i at 2i+1; the model's prediction of
-y_i is its read-out at x-token i. Everything here is computed on held-out sequences and shown
+Interleaved tokens ``[B, 2N, d+1]``: x-token i at position 2i, y-token i at 2i+1, the prediction
+of y_i read out at x-token i; one token per example ``[B, N, d+1]``: token i = [x_i, y_{i−1}],
+read out at position i (role blocks need both kinds of token, so they are interleaved-only). Everything here is computed on held-out sequences and shown
 beside a null:
 
 * :func:`role_blocks` — attention mass from x / y queries to x / y keys (x→x, x→y, y→x, y→y)
