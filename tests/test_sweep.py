@@ -295,7 +295,7 @@ def test_sweep_report_escapes_user_strings(tmp_path):
 
 RAW_TINY = {"data.train_samp_per_class": 400, "training.epochs": 8, "training.batch_size": 32, "eval.sequences": 400,
             "eval.temperature_sequences": 200, "model.n_embd": 16, "model.n_layer": 1, "data.N": 8,
-            "training.warmup_steps": 0, "training.schedule": "constant"}
+            "training.warmup_steps": 0, "training.schedule": "constant", "data.layout": "interleaved"}
 
 
 def test_asha_stops_the_worse_trial_and_the_report_draws_every_curve(ray_session, tmp_path):
