@@ -26,15 +26,15 @@ from its sources, or from ``view=`` in the marker, e.g. ``<!-- table: cls-loglos
 * ``bench`` (``selectlens bench … --json`` files): one row per file, SelectLens against its reference;
 * ``efficiency`` (``bench train --json`` files): GFLOP/s, fraction of a matmul, the profile split;
 * ``recipe`` (``scripts/recipe_ablation.py`` output directories): per arm across its seeds, the sequences
-  reached, how many seeds left the plateau (test MSE within 1.25× the Bayes mixture's), σ = 0.5's worst
+  reached, how many seeds left the plateau (eval MSE over all positions within 1.25× the Bayes mixture's), σ = 0.5's worst
   excess ratio at n ≥ 2d, σ = 0.1's at n = d and 2d beside the best single-λ ridge's, and how many
   seeds show selection at σ = 0.1 for every n in d..2d;
 * ``vs-oracle`` (raw-data run directories): per task group and n (default 2d, 3d, N − 1) the model
   against one reference (``predictor=``, default ``type_oracle``) in the group's metric (sign error
   for classification, squared error otherwise), each with its CI, and their ratio;
-* ``mixture-vs-single`` (raw-data run directories, seeds in the same order): the three-model σ
-  experiment from each run's own eval.json, the mixture model against the model trained on that σ
-  alone at n ≥ 2d, their ratio per seed pair with a 95% t-interval across pairs;
+* ``mixture-vs-single`` (raw-data run directories): the three-model σ experiment from each run's own
+  eval.json, the mixture model against the model trained on that σ alone at n ≥ 2d, their ratio per
+  training seed with a 95% t-interval across seeds;
 * ``noise-models`` (the ``--json`` output of ``scripts/noise_models_table.py``): its tables.
 
 Under each table the script writes the command that regenerates it, the command that produced its
@@ -360,6 +360,10 @@ def _positions(opts: dict[str, str], sizes: list[int], default: list[int], src: 
     return wanted
 
 
+def _sigma_groups(ev: dict[str, Any]) -> list[str]:
+    return [g for g in ev["groups"] if g.startswith("sigma=")]
+
+
 def _mean_over_positions(res: dict[str, Any], name: str) -> float:
     curve = res["predictors"][name]["mse"]["mean"]
     return sum(curve) / len(curve)
@@ -381,9 +385,8 @@ def recipe_run(run: Path) -> dict[str, Any]:
            "plateau": _mean_over_positions(all_, "model") > PLATEAU * _mean_over_positions(all_, ref), "groups": {}}
     selects = len(cfg["data"].get("noise_levels") or []) > 1  # one σ: the best single ridge is the Bayes rule
     idx = {n: i for i, n in enumerate(sizes)}
-    for g, res in ev["groups"].items():
-        if g == "all" or not g.startswith("sigma="):
-            continue
+    for g in _sigma_groups(ev):
+        res = ev["groups"][g]
         ratio, shown = res["excess_risk_ratio"], res["selection_shown"]
         out["groups"][g] = {"ratio": {n: ratio["mean"][i] for n, i in idx.items()},
                             "shown_d_2d": all(shown[idx[n]] for n in range(d, 2 * d + 1) if n in idx) if selects else None,
@@ -482,10 +485,6 @@ def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str]
     return _table(head, rows), cmds, _run_devices(sources)
 
 
-def _sigma_groups(ev: dict[str, Any]) -> list[str]:
-    return [g for g in ev["groups"] if g.startswith("sigma=")]
-
-
 def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
     """The three-model σ experiment from each model's own eval.json: the mixture runs (trained on several σ)
     against the runs trained on one σ, on that σ, at n ≥ 2d (or ``positions=``). Runs pair by their training
@@ -497,9 +496,10 @@ def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[l
     single: dict[str, dict[int, dict[str, Any]]] = {}
     for src in sources:
         ev, seed = _read_json(src / "eval.json"), _read_json(src / "config.json")["seed"]
-        book = mixture if len(_sigma_groups(ev)) > 1 else single.setdefault(_sigma_groups(ev)[0], {}) if _sigma_groups(ev) else None
-        if book is None:
+        groups = _sigma_groups(ev)
+        if not groups:
             raise TableError(f"{src}: view mixture-vs-single needs raw-data runs with σ groups")
+        book = mixture if len(groups) > 1 else single.setdefault(groups[0], {})
         if seed in book:
             raise TableError(f"{src}: a second run of seed {seed} of the same kind; give one run per seed")
         book[seed] = ev | {"_src": src}
