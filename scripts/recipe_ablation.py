@@ -7,12 +7,16 @@ one thread. A deadline (``--minutes``) caps every training with ``--max-minutes`
 so (its metrics.jsonl holds the sequences it reached), it is never passed off as the full budget.
 
     python scripts/recipe_ablation.py --out runs/ablation [--device cuda] [--jobs 16] [--minutes 8]
-        [--arms base,batch256,...] [--seeds 0,1,2]
+        [--arms base,batch256,...] [--seeds 0,1,2] [--skip-done]
     python scripts/results_tables.py docs/results.md --table recipe runs/ablation   # the table docs/results.md shows
 
 The recipe (``base``) is the ``mixed_noise_cpu`` preset (batch 512, lr 3e-3); ``batch256_*`` and
 ``batch64_*`` arms change the batch (and peak lr) first; ``--scale`` multiplies every arm's sequence
 budget (a quick check of the script: ``--scale 0.01``).
+
+An ``--out`` that already holds any of the asked runs (or an ablation.json) is refused, so a second
+call never replaces finished runs. ``--skip-done`` keeps every run that has an eval.json and its entry
+in ablation.json, and trains only the others (an unfinished run directory is started again).
 """
 
 from __future__ import annotations
@@ -82,6 +86,27 @@ def _one(arm: str, seed: int, args, deadline: float) -> dict:
     return done
 
 
+def _finished(args, jobs: list[tuple[str, int]]) -> list[dict] | str:
+    """The runs --skip-done keeps, or the error: every run in --out with an eval.json, with its ablation.json entry
+    (arms this call does not ask for stay in the book too)."""
+    taken = sorted(f"{a}_s{s}" for a, s in jobs if (args.out / f"{a}_s{s}").exists())
+    book_path = args.out / "ablation.json"
+    if not args.skip_done:
+        if taken or book_path.exists():
+            what = ", ".join(taken[:4]) + (" …" if len(taken) > 4 else "") if taken else "ablation.json"
+            return (f"--out {args.out} already holds {what}; pass --skip-done to keep the finished runs and "
+                    f"train the rest, or choose a new --out")
+        return []
+    try:
+        book = json.loads(book_path.read_text()) if book_path.exists() else {"runs": []}
+        entries = {(r["arm"], r["seed"]): r for r in book["runs"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{book_path}: not an ablation book ({type(err).__name__}); move it away or choose a new --out"
+    for job in jobs:  # a finished run the book lacks (a call stopped before it wrote the book)
+        entries.setdefault(job, {"arm": job[0], "seed": job[1], "rc": 0})
+    return [r for (a, s), r in entries.items() if (args.out / f"{a}_s{s}" / "eval.json").exists()]
+
+
 def _write_book(args, argv: list[str], done: list[dict]) -> None:
     """ablation.json, rewritten whole (temporary file, then rename) after every finished run."""
     book = {"device": args.device, "command": " ".join(["python", "scripts/recipe_ablation.py", *argv]), "runs": done}
@@ -101,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--set", action="append", default=[], help="an override for every arm (--set KEY=VALUE)")
+    p.add_argument("--skip-done", action="store_true", help="keep the finished runs in --out, train the rest")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     args.set = [a for s in args.set for a in ("--set", s)]
@@ -117,22 +143,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1 or args.scale <= 0 or any(s < 0 for s in seeds):
         print("error: --jobs must be >= 1, --scale > 0 and every seed >= 0", file=sys.stderr)
         return 2
+    jobs = [(a, s) for a in arms for s in seeds]
+    done = _finished(args, jobs)
+    if isinstance(done, str):
+        print(f"error: {done}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     deadline = time.time() + 60 * args.minutes
-    jobs = [(a, s) for a in arms for s in seeds]
-    done: list[dict] = []
+    kept = {(r["arm"], r["seed"]) for r in done}
     lock = threading.Lock()
 
     def one(job):
         result = _one(*job, args, deadline)
         with lock:
             done.append(result)
-            _write_book(args, argv, sorted(done, key=lambda r: jobs.index((r["arm"], r["seed"]))))
+            order = {j: i for i, j in enumerate(jobs)}
+            _write_book(args, argv, sorted(done, key=lambda r: order.get((r["arm"], r["seed"]), -1)))
         return result
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(one, jobs))
+        results = list(pool.map(one, [j for j in jobs if j not in kept]))
     return 0 if all(d["rc"] == 0 for d in results) else 1
 
 

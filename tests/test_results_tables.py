@@ -313,6 +313,18 @@ def test_recipe_ablation_script_runs_arms_and_feeds_the_recipe_table(tmp_path):
     assert rows[1][1] == "layout=interleaved, n_embd=16, n_layer=1, batch_size=64, lr=0.001" and rows[0][3].endswith("/2")
     res = subprocess.run([sys.executable, str(script), "--out", str(out), "--arms", "nope"], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("error: unknown arm(s) nope") and res.stderr.count("\n") == 1
+    # a second call into the same --out is refused and touches nothing; --skip-done trains only what is missing
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "already holds base_s0" in res.stderr
+    again = [*cmd[:cmd.index("--arms")], "--arms", "base", "--seeds", "0,2", *cmd[cmd.index("--scale"):], "--skip-done"]
+    res = subprocess.run(again, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items() if p.name != "ablation.json")
+    book = json.loads((out / "ablation.json").read_text())
+    assert sorted((r["arm"], r["seed"]) for r in book["runs"]) == [
+        ("base", 0), ("base", 1), ("base", 2), ("batch64_interleaved", 0), ("batch64_interleaved", 1)]
+    assert (out / "base_s2" / "eval.json").exists() and json.loads((out / "base_s2" / "config.json").read_text())["seed"] == 2
 
 
 def test_mixture_vs_single_table_pairs_seeds_per_sigma(tmp_path):
