@@ -58,8 +58,8 @@ def test_eval_of_a_raw_run_recomputed_with_numpy(cli, raw_run):
     preds = {k: v.double().numpy() for k, v in preds.items()}
     y = batch.target.double().numpy()
     sigma, reg = batch.sigma.numpy(), batch.is_regression.numpy()
-    assert set(out["groups"]) == {"all", "sigma=0.1", "sigma=0.5", "classification"}
-    masks = {"all": np.ones(400, bool), "classification": ~reg,
+    assert set(out["groups"]) == {"all", "sigma=0.1", "sigma=0.5", "regression", "classification"}
+    masks = {"all": np.ones(400, bool), "classification": ~reg, "regression": reg,
              "sigma=0.1": reg & np.isclose(sigma, 0.1), "sigma=0.5": reg & np.isclose(sigma, 0.5)}
     for g, mask in masks.items():
         res_g = out["groups"][g]
@@ -92,5 +92,5 @@ def test_eval_of_a_raw_run_recomputed_with_numpy(cli, raw_run):
     assert "## classification" in md and "sign error" in md
     assert (run / "context_length.png").stat().st_size > 5000
 
-    fig = context_length_figure(out)  # one panel per σ and the classification sequences, a line per predictor
-    assert len(fig.axes) == 3 and [len(ax.lines) for ax in fig.axes] == [len(preds)] * 3
+    fig = context_length_figure(out)  # a panel per σ, the regression type and classification, a line per predictor
+    assert len(fig.axes) == 4 and [len(ax.lines) for ax in fig.axes] == [len(preds)] * 4

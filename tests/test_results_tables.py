@@ -272,7 +272,8 @@ def test_vs_oracle_table_uses_each_groups_metric(tmp_path):
     oracle = fitted["type_oracle"](batch)
     for group, metric, n, m, o, ratio in rows:
         n = int(n)
-        keep = ~batch.is_regression if group == "classification" else (batch.is_regression & (batch.sigma == float(group[6:])))
+        keep = {"classification": ~batch.is_regression, "regression": batch.is_regression}.get(group)
+        keep = batch.is_regression & (batch.sigma == float(group[6:])) if keep is None else keep
         if metric == "sign_error":
             err = lambda p: ((torch.sign(p[keep, n]) != batch.y[keep, n]).double()).mean()  # noqa: E731
         else:
@@ -281,7 +282,8 @@ def test_vs_oracle_table_uses_each_groups_metric(tmp_path):
         assert _numbers(m)[0] == pytest.approx(float(err(model)), abs=6e-5)
         assert _numbers(o)[0] == pytest.approx(float(err(oracle)), abs=6e-5)
         assert _numbers(ratio)[0] == pytest.approx(float(err(model) / err(oracle)) - 1, abs=2e-3)
-    assert {r[0] for r in rows} == {"sigma=0.1", "sigma=0.5", "classification"} and {int(r[2]) for r in rows} == {6, 7}
+    assert {r[0] for r in rows} == {"sigma=0.1", "sigma=0.5", "regression", "classification"}
+    assert {int(r[2]) for r in rows} == {6, 7}
 
 
 def test_recipe_ablation_script_runs_arms_and_feeds_the_recipe_table(tmp_path):

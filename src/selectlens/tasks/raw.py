@@ -188,13 +188,16 @@ class RawTask(TaskFamily):
         return None
 
     def groups(self, batch: RawBatch) -> dict[str, Tensor]:
-        """``[B]`` masks: ``all``, one ``sigma=<σ>`` per noise level (regression sequences), and
-        ``classification`` where the batch has classification sequences."""
+        """``[B]`` masks: ``all``, one ``sigma=<σ>`` per noise level (regression sequences), and where the
+        batch has classification sequences, ``regression`` (every σ: the task type as a whole) and
+        ``classification``."""
         groups = {"all": torch.ones_like(batch.is_regression, dtype=torch.bool)}
         reg = batch.is_regression
         for s in sorted({float(v) for v in batch.sigma[reg].tolist()}):
             groups[f"sigma={s:g}"] = reg & (batch.sigma == torch.tensor(s, dtype=batch.sigma.dtype, device=batch.sigma.device))
         if bool((~reg).any()):
+            if bool(reg.any()):
+                groups["regression"] = reg.clone()
             groups["classification"] = ~reg
         return groups
 
