@@ -461,7 +461,7 @@ def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str]
     squared error otherwise)."""
     other = opts.get("predictor", "type_oracle")
     head = (["run"] if len(sources) > 1 else []) + ["group", "metric", "n", "model [95% CI]", f"{other} [95% CI]",
-                                                    f"model / {other} − 1"]
+                                                    f"model / {other} − 1 [paired 95% CI]"]
     rows = []
     for src in sources:
         ev = _read_json(src / "eval.json")
@@ -475,12 +475,14 @@ def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str]
                 continue
             metric = "sign_error" if "sign_error" in res["predictors"]["model"] else "mse"
             model, ref = res["predictors"]["model"][metric], res["predictors"][other][metric]
+            ratio = res["predictors"][other].get("model_excess_over", {}).get(metric)  # absent in older eval.json
             for n in wanted:
                 i = sizes.index(n)
                 rows.append(([src.name] if len(sources) > 1 else []) + [
                     g, metric, str(n), f"{_f(model['mean'][i], '.4f')} {_ci(model['ci_low'][i], model['ci_high'][i], '.4f')}",
                     f"{_f(ref['mean'][i], '.4f')} {_ci(ref['ci_low'][i], ref['ci_high'][i], '.4f')}",
-                    _f(model["mean"][i] / ref["mean"][i] - 1, "+.3f")])
+                    _f(model["mean"][i] / ref["mean"][i] - 1, "+.3f")
+                    + (f" {_ci(ratio['ci_low'][i], ratio['ci_high'][i], '+.3f')}" if ratio else " (no CI: re-run eval)")])
     cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))}" for s in sources)
     return _table(head, rows), cmds, _run_devices(sources)
 

@@ -79,6 +79,15 @@ def test_eval_of_a_raw_run_recomputed_with_numpy(cli, raw_run):
         se = (a - r * b).std(0, ddof=1) / (np.sqrt(mask.sum()) * b.mean(0))
         np.testing.assert_allclose(res_g["excess_risk_ratio"]["mean"], r - 1, rtol=1e-9)
         np.testing.assert_allclose(res_g["excess_risk_ratio"]["ci_low"], r - 1 - Z * se, rtol=1e-9)
+        # the model against the type oracle, in this group's own metric(s), paired
+        o = res_g["predictors"]["type_oracle"]["model_excess_over"]
+        assert set(o) == ({"mse", "sign_error"} if g == "classification" else {"mse"})
+        c = (preds["type_oracle"][mask] - y[mask]) ** 2
+        r = a.mean(0) / c.mean(0)
+        se = (a - r * c).std(0, ddof=1) / (np.sqrt(mask.sum()) * c.mean(0))
+        np.testing.assert_allclose(o["mse"]["mean"], r - 1, rtol=1e-9)
+        np.testing.assert_allclose(o["mse"]["ci_high"], r - 1 + Z * se, rtol=1e-9)
+        assert "model_excess_over" not in res_g["predictors"]["model"]
     # the overall table: per-sequence MSE over positions, paired (baseline − model)
     per_seq = {k: ((p - y) ** 2).mean(1) for k, p in preds.items()}
     e = out["predictors"]["least_squares"]

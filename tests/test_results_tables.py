@@ -5,6 +5,7 @@ import importlib.util
 import json
 import re
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_RUN, run_cli
@@ -275,13 +276,17 @@ def test_vs_oracle_table_uses_each_groups_metric(tmp_path):
         keep = {"classification": ~batch.is_regression, "regression": batch.is_regression}.get(group)
         keep = batch.is_regression & (batch.sigma == float(group[6:])) if keep is None else keep
         if metric == "sign_error":
-            err = lambda p: ((torch.sign(p[keep, n]) != batch.y[keep, n]).double()).mean()  # noqa: E731
+            per_seq = lambda p: (torch.sign(p[keep, n]) != batch.y[keep, n]).double().numpy()  # noqa: E731
         else:
-            err = lambda p: ((p[keep, n].double() - batch.y[keep, n].double()) ** 2).mean()  # noqa: E731
+            per_seq = lambda p: ((p[keep, n].double() - batch.y[keep, n].double()) ** 2).numpy()  # noqa: E731
+        err = lambda p: per_seq(p).mean()  # noqa: E731
         assert (metric == "sign_error") == (group == "classification")
         assert _numbers(m)[0] == pytest.approx(float(err(model)), abs=6e-5)
         assert _numbers(o)[0] == pytest.approx(float(err(oracle)), abs=6e-5)
-        assert _numbers(ratio)[0] == pytest.approx(float(err(model) / err(oracle)) - 1, abs=2e-3)
+        a, b = per_seq(model), per_seq(oracle)  # the paired delta-method CI of mean(a)/mean(b) − 1, by numpy
+        r = a.mean() / b.mean()
+        half = 1.959963984540054 * (a - r * b).std(ddof=1) / (np.sqrt(len(a)) * b.mean())
+        assert _numbers(ratio) == pytest.approx([r - 1, r - 1 - half, r - 1 + half], abs=6e-4)
     assert {r[0] for r in rows} == {"sigma=0.1", "sigma=0.5", "regression", "classification"}
     assert {int(r[2]) for r in rows} == {6, 7}
 

@@ -56,15 +56,21 @@ def sign_error(pred: Tensor, y: Tensor) -> Tensor:
 def group_curves(preds: dict[str, Tensor], losses: dict[str, Tensor], batch_groups: dict[str, Tensor],
                  reference: str | None, metric: str, extra: dict[str, tuple[str, ...]], target: Tensor) -> dict[str, Any]:
     """Per group, per predictor: the per-position curve of ``metric`` (``losses[name] [B, P]``), the
-    group's extra metrics, and the model's paired difference and excess ratio to ``reference``."""
+    group's extra metrics, the model's ratio to it in each (``model_excess_over``: model/predictor − 1,
+    paired delta-method CI), and the model's paired difference and excess ratio to ``reference``."""
     out: dict[str, Any] = {}
     for g, mask in batch_groups.items():
         mask = mask.cpu()
         res: dict[str, Any] = {"sequences": int(mask.sum()), "predictors": {}}
-        for name, loss in losses.items():
-            entry = {metric: curve_ci(loss[mask])}
+        per_seq = {name: {metric: loss[mask]} for name, loss in losses.items()}
+        for name in per_seq:
             for m in (extra.get(g, ()) if name in preds else ()):
-                entry[m] = curve_ci(EXTRA_METRICS[m](preds[name][mask], target[mask]))
+                per_seq[name][m] = EXTRA_METRICS[m](preds[name][mask], target[mask])
+        for name, values in per_seq.items():
+            entry = {m: curve_ci(v) for m, v in values.items()}
+            if name != "model" and "model" in per_seq:
+                entry["model_excess_over"] = {m: excess_ratio_ci(per_seq["model"][m], v) for m, v in values.items()
+                                              if m in per_seq["model"]}
             res["predictors"][name] = entry
         if reference in losses and "model" in losses:
             res["model_minus_reference"] = curve_ci(losses["model"][mask] - losses[reference][mask])
@@ -93,7 +99,7 @@ def curves_markdown(result: dict[str, Any]) -> list[str]:
         for name, e in res["predictors"].items():
             sees = result["predictors"][name]["sees"]
             lines.append(f"| {name} | {sees} | " + " | ".join(_cell(e[metric], n) for n in ns) + " |")
-            for m in (k for k in e if k != metric):
+            for m in (k for k in e if k not in (metric, "model_excess_over")):
                 lines.append(f"| {name}: {m.replace('_', ' ')} | {sees} | " + " | ".join(_cell(e[m], n, ".3f") for n in ns) + " |")
         if "model_minus_reference" in res:
             lines.append("| model − reference (paired) | | " + " | ".join(_cell(res["model_minus_reference"], n, "+.4f") for n in ns) + " |")
