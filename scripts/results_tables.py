@@ -425,34 +425,48 @@ def _sigma_cells(runs: list[dict[str, Any]], g: str) -> list[str]:
 
 def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
     """Per arm of each ablation directory: sequences, seeds off the plateau, σ = 0.5 worst excess at n ≥ 2d,
-    σ = 0.1 excess at n = d and 2d against the best single-λ ridge, seeds showing selection for all n in d..2d."""
+    σ = 0.1 excess at n = d and 2d against the best single-λ ridge, seeds showing selection for all n in d..2d.
+    Plain run directories (``selectlens train`` + ``eval``, no ablation.json) are one row per configuration
+    (their change from the preset), the seeds of that configuration together."""
     from selectlens.config import load_config
 
     preset = load_config(opts.get("preset", "mixed_noise_cpu")).model_dump(mode="json")
-    many = len(sources) > 1
+    books: dict[str, dict[Any, list[dict[str, Any]]]] = {}
+    cmds, devices = [], []
+    for src in sources:
+        if (src / "ablation.json").is_file() or not (src / "eval.json").is_file():
+            book = _read_json(src / "ablation.json")
+            devices.append(book.get("device", "?"))
+            cmds.append(book.get("command", f"python scripts/recipe_ablation.py --out {src}"))
+            arms = books.setdefault(src.name, {})
+            for r in book["runs"]:
+                run = src / f"{r['arm']}_s{r['seed']}"
+                if r["rc"] == 0 and (run / "eval.json").is_file():
+                    arms.setdefault(r["arm"], []).append(recipe_run(run))
+        else:  # one run of its own
+            one = recipe_run(src)
+            devices.append(one["config"].get("device", "?"))
+            cmds.append(f"selectlens eval --run {shlex.quote(str(src))}")
+            arm = re.sub(r"_s\d+$", "", src.name)  # runs/NAME_s0, runs/NAME_s1, … are the seeds of one row
+            books.setdefault("runs", {}).setdefault((arm, _change(one["config"], preset)), []).append(one)
+    many = len(books) > 1  # several ablation directories (or one and some plain runs): say which row is whose
     head = (["source"] if many else []) + [
         "arm", "change from the preset", "sequences (asked)", "off the plateau", "σ=0.5: worst excess n ≥ 2d",
         "σ=0.1: excess at n = d / 2d", "best single-λ ridge at d / 2d", "σ=0.1 selection shown for all n in d..2d"]
-    rows, devices = [], []
-    for src in sources:
-        book = _read_json(src / "ablation.json")
-        devices.append(book.get("device", "?"))
-        arms: dict[str, list[dict[str, Any]]] = {}
-        for r in book["runs"]:
-            run = src / f"{r['arm']}_s{r['seed']}"
-            if r["rc"] == 0 and (run / "eval.json").is_file():
-                arms.setdefault(r["arm"], []).append(recipe_run(run))
+    rows = []
+    for name, arms in books.items():
         for arm, runs in arms.items():
-            seq, asked = sum(r["sequences"] for r in runs) / len(runs), max(r["asked"] for r in runs)
-            capped = sum(r["sequences"] < r["asked"] for r in runs)
-            seqs = f"{seq / 1e6:.2f}M" + (f" ({asked / 1e6:.2f}M; {capped} of {len(runs)} capped, schedule unfinished)"
-                                          if capped else "")
-            rows.append(([src.name] if many else []) + [
-                arm, _change(runs[0]["config"], preset), seqs, f"{sum(not r['plateau'] for r in runs)}/{len(runs)}",
-                *_sigma_cells(runs, "sigma=0.5"), *_sigma_cells(runs, "sigma=0.1")])
-    cmd = "; ".join(_read_json(s / "ablation.json").get("command", f"python scripts/recipe_ablation.py --out {s}")
-                    for s in sources)
-    return _table(head, rows), cmd, "device " + ", ".join(dict.fromkeys(devices))
+            rows.append(([name] if many else []) + _recipe_row(arm if isinstance(arm, str) else arm[0], runs, preset))
+    return _table(head, rows), "; ".join(cmds), "device " + ", ".join(dict.fromkeys(devices))
+
+
+def _recipe_row(arm: str, runs: list[dict[str, Any]], preset: dict[str, Any]) -> list[str]:
+    seq, asked = sum(r["sequences"] for r in runs) / len(runs), max(r["asked"] for r in runs)
+    capped = sum(r["sequences"] < r["asked"] for r in runs)
+    seqs = f"{seq / 1e6:.2f}M" + (f" ({asked / 1e6:.2f}M; {capped} of {len(runs)} capped, schedule unfinished)"
+                                  if capped else "")
+    return [arm, _change(runs[0]["config"], preset), seqs, f"{sum(not r['plateau'] for r in runs)}/{len(runs)}",
+            *_sigma_cells(runs, "sigma=0.5"), *_sigma_cells(runs, "sigma=0.1")]
 
 
 def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:

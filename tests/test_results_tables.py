@@ -248,6 +248,26 @@ def test_recipe_table_counts_plateaus_and_selection_per_arm(tmp_path):
         assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
 
+def test_recipe_table_reads_plain_runs_as_one_row_per_configuration(tmp_path):
+    """Runs from `selectlens train` + `eval` (no ablation.json): NAME_s0, NAME_s1, … are one row, the same
+    row the ablation book gives for those runs; a run with another configuration is a row of its own."""
+    src = tmp_path / "ablation"
+    for s in range(3):
+        _fake_ablation_run(src / f"arm_s{s}", s, "bayes" if s != 1 else "zeros")
+    _fake_ablation_run(tmp_path / "other_s0", 0, "bayes", "training.lr=0.001")
+    (src / "ablation.json").write_text(json.dumps({"device": "cpu", "runs": [{"arm": "arm", "seed": s, "rc": 0} for s in range(3)]}))
+    page = tmp_path / "r.md"
+    page.write_text(_page(tmp_path, "a view=recipe", "b view=recipe"))
+    assert _run_script(page, "--table", "a", str(src)).returncode == 0
+    res = _run_script(page, "--table", "b", *[str(src / f"arm_s{s}") for s in (2, 0, 1)], str(tmp_path / "other_s0"))
+    assert res.returncode == 0, res.stderr
+    text = page.read_text()
+    [book_row], plain = _rows(text, "a"), _rows(text, "b")
+    assert [r[0] for r in plain] == ["arm", "other"] and plain[0][1:] == book_row[1:] and plain[0][3] == "2/3"
+    assert plain[1][1] == "lr=0.001" and plain[1][3] == "1/1"
+    assert "selectlens eval --run" in text.split("table: b")[1]
+
+
 def test_vs_oracle_table_uses_each_groups_metric(tmp_path):
     run = tmp_path / "ll"
     import torch
