@@ -69,7 +69,7 @@ def _epochs(config: str) -> int:
 def _one(arm: str, seed: int, args, deadline: float) -> dict:
     config, sets, factor = ARMS[arm]
     run = args.out / f"{arm}_s{seed}"
-    epochs = max(1, round(_epochs(config) * factor * args.scale))
+    epochs = _asked_epochs(arm, args)
     minutes = max(0.2, (deadline - time.time()) / 60 - args.eval_minutes)
     cmd = [sys.executable, "-m", "selectlens", "train", "--config", config, "--out", str(run), "--seed", str(seed),
            "--device", args.device, "--quiet", "--force", "--max-minutes", f"{minutes:.2f}",
@@ -86,9 +86,9 @@ def _one(arm: str, seed: int, args, deadline: float) -> dict:
     return done
 
 
-def _finished(args, jobs: list[tuple[str, int]]) -> list[dict] | str:
-    """The runs --skip-done keeps, or the error: every run in --out with an eval.json, with its ablation.json entry
-    (arms this call does not ask for stay in the book too)."""
+def _finished(args, jobs: list[tuple[str, int]]) -> tuple[list[dict], dict] | str:
+    """What --skip-done keeps, or the error: every run in --out that finished (rc 0 and an eval.json) with its
+    ablation.json entry (arms this call does not ask for stay in the book too), and the old book."""
     taken = sorted(f"{a}_s{s}" for a, s in jobs if (args.out / f"{a}_s{s}").exists())
     book_path = args.out / "ablation.json"
     if not args.skip_done:
@@ -96,7 +96,7 @@ def _finished(args, jobs: list[tuple[str, int]]) -> list[dict] | str:
             what = ", ".join(taken[:4]) + (" …" if len(taken) > 4 else "") if taken else "ablation.json"
             return (f"--out {args.out} already holds {what}; pass --skip-done to keep the finished runs and "
                     f"train the rest, or choose a new --out")
-        return []
+        return [], {}
     try:
         book = json.loads(book_path.read_text()) if book_path.exists() else {"runs": []}
         entries = {(r["arm"], r["seed"]): r for r in book["runs"]}
@@ -104,12 +104,32 @@ def _finished(args, jobs: list[tuple[str, int]]) -> list[dict] | str:
         return f"{book_path}: not an ablation book ({type(err).__name__}); move it away or choose a new --out"
     for job in jobs:  # a finished run the book lacks (a call stopped before it wrote the book)
         entries.setdefault(job, {"arm": job[0], "seed": job[1], "rc": 0})
-    return [r for (a, s), r in entries.items() if (args.out / f"{a}_s{s}" / "eval.json").exists()]
+    kept = [r for (a, s), r in entries.items() if r.get("rc") == 0 and (args.out / f"{a}_s{s}" / "eval.json").exists()]
+    for r in kept:  # a kept run must be the run this call would train: same epochs (so same --scale)
+        if (r["arm"], r["seed"]) in jobs:
+            try:
+                cfg = json.loads((args.out / f"{r['arm']}_s{r['seed']}" / "config.json").read_text())
+                epochs = cfg["training"]["epochs"]
+            except (OSError, ValueError, KeyError, TypeError):
+                epochs = None
+            if epochs != _asked_epochs(r["arm"], args):
+                return (f"{args.out / (r['arm'] + '_s' + str(r['seed']))} was trained for {epochs} epochs, this call "
+                        f"asks {_asked_epochs(r['arm'], args)} (another --scale?); choose a new --out")
+    return kept, book
 
 
-def _write_book(args, argv: list[str], done: list[dict]) -> None:
-    """ablation.json, rewritten whole (temporary file, then rename) after every finished run."""
-    book = {"device": args.device, "command": " ".join(["python", "scripts/recipe_ablation.py", *argv]), "runs": done}
+def _asked_epochs(arm: str, args) -> int:
+    config, _, factor = ARMS[arm]
+    return max(1, round(_epochs(config) * factor * args.scale))
+
+
+def _write_book(args, argv: list[str], done: list[dict], old: dict) -> None:
+    """ablation.json, rewritten whole (temporary file, then rename) after every finished run; the commands and
+    devices of earlier calls into the same --out (--skip-done) are kept in front of this one's."""
+    command = " ".join(["python", "scripts/recipe_ablation.py", *argv])
+    devices = [*filter(None, old.get("device", "").split(", ")), args.device]
+    book = {"device": ", ".join(dict.fromkeys(devices)), "command": "; ".join(filter(None, [old.get("command"), command])),
+            "runs": done}
     tmp = args.out / "ablation.json.tmp"
     tmp.write_text(json.dumps(book, indent=2))
     os.replace(tmp, args.out / "ablation.json")
@@ -144,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --jobs must be >= 1, --scale > 0 and every seed >= 0", file=sys.stderr)
         return 2
     jobs = [(a, s) for a in arms for s in seeds]
-    done = _finished(args, jobs)
-    if isinstance(done, str):
-        print(f"error: {done}", file=sys.stderr)
+    found = _finished(args, jobs)
+    if isinstance(found, str):
+        print(f"error: {found}", file=sys.stderr)
         return 2
+    done, old = found
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     deadline = time.time() + 60 * args.minutes
@@ -159,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         with lock:
             done.append(result)
             order = {j: i for i, j in enumerate(jobs)}
-            _write_book(args, argv, sorted(done, key=lambda r: order.get((r["arm"], r["seed"]), -1)))
+            _write_book(args, argv, sorted(done, key=lambda r: order.get((r["arm"], r["seed"]), -1)), old)
         return result
+
+    if done:  # the kept runs are in the book even if nothing is left to train
+        _write_book(args, argv, done, old)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(one, [j for j in jobs if j not in kept]))

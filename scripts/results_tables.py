@@ -438,7 +438,7 @@ def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
             book = _read_json(src / "ablation.json")
             devices.append(book.get("device", "?"))
             cmds.append(book.get("command", f"python scripts/recipe_ablation.py --out {src}"))
-            arms = books.setdefault(src.name, {})
+            arms = books.setdefault(str(src), {})
             for r in book["runs"]:
                 run = src / f"{r['arm']}_s{r['seed']}"
                 if r["rc"] == 0 and (run / "eval.json").is_file():
@@ -448,13 +448,18 @@ def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
             devices.append(one["config"].get("device", "?"))
             cmds.append(f"selectlens eval --run {shlex.quote(str(src))}")
             arm = re.sub(r"_s\d+$", "", src.name)  # runs/NAME_s0, runs/NAME_s1, … are the seeds of one row
-            books.setdefault("runs", {}).setdefault((arm, _change(one["config"], preset)), []).append(one)
+            row = books.setdefault("", {}).setdefault((arm, _change(one["config"], preset)), [])
+            if any(r["config"]["seed"] == one["config"]["seed"] for r in row):
+                raise TableError(f"{src}: a second run of {arm} with seed {one['config']['seed']}; give each seed once")
+            row.append(one)
     many = len(books) > 1  # several ablation directories (or one and some plain runs): say which row is whose
     head = (["source"] if many else []) + [
         "arm", "change from the preset", "sequences (asked)", "off the plateau", "σ=0.5: worst excess n ≥ 2d",
         "σ=0.1: excess at n = d / 2d", "best single-λ ridge at d / 2d", "σ=0.1 selection shown for all n in d..2d"]
+    names = [Path(k).name for k in books if k]
     rows = []
-    for name, arms in books.items():
+    for key, arms in books.items():
+        name = "runs" if not key else (Path(key).name if names.count(Path(key).name) == 1 else key)
         for arm, runs in arms.items():
             rows.append(([name] if many else []) + _recipe_row(arm if isinstance(arm, str) else arm[0], runs, preset))
     return _table(head, rows), "; ".join(cmds), "device " + ", ".join(dict.fromkeys(devices))
@@ -495,10 +500,18 @@ def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str]
                 rows.append(([src.name] if len(sources) > 1 else []) + [
                     g, metric, str(n), f"{_f(model['mean'][i], '.4f')} {_ci(model['ci_low'][i], model['ci_high'][i], '.4f')}",
                     f"{_f(ref['mean'][i], '.4f')} {_ci(ref['ci_low'][i], ref['ci_high'][i], '.4f')}",
-                    _f(model["mean"][i] / ref["mean"][i] - 1, "+.3f")
-                    + (f" {_ci(ratio['ci_low'][i], ratio['ci_high'][i], '+.3f')}" if ratio else " (no CI: re-run eval)")])
+                    _ratio_cell(model["mean"][i], ref["mean"][i], ratio, i)])
     cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))}" for s in sources)
     return _table(head, rows), cmds, _run_devices(sources)
+
+
+def _ratio_cell(model: float, ref: float, ratio: dict[str, list[float]] | None, i: int) -> str:
+    """model/ref − 1 with its paired CI from eval.json (older files have none: say so); "—" where ref is 0."""
+    if not ref:
+        return "— (reference error 0)"
+    if ratio is None:
+        return _f(model / ref - 1, "+.3f") + " (no CI: re-run eval)"
+    return f"{_f(ratio['mean'][i], '+.3f')} {_ci(ratio['ci_low'][i], ratio['ci_high'][i], '+.3f')}"
 
 
 def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:

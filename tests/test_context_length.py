@@ -88,6 +88,11 @@ def test_eval_of_a_raw_run_recomputed_with_numpy(cli, raw_run):
         np.testing.assert_allclose(o["mse"]["mean"], r - 1, rtol=1e-9)
         np.testing.assert_allclose(o["mse"]["ci_high"], r - 1 + Z * se, rtol=1e-9)
         assert "model_excess_over" not in res_g["predictors"]["model"]
+        if g == "classification":  # and in the sign error, where the group has it
+            sa = (preds["model"][mask] * y[mask] < 0) + 0.5 * (preds["model"][mask] == 0)
+            sc = (preds["type_oracle"][mask] * y[mask] < 0) + 0.5 * (preds["type_oracle"][mask] == 0)
+            ok = sc.mean(0) > 0
+            np.testing.assert_allclose(np.array(o["sign_error"]["mean"])[ok], (sa.mean(0) / sc.mean(0) - 1)[ok], rtol=1e-9)
     # the overall table: per-sequence MSE over positions, paired (baseline − model)
     per_seq = {k: ((p - y) ** 2).mean(1) for k, p in preds.items()}
     e = out["predictors"]["least_squares"]

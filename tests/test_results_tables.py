@@ -266,6 +266,8 @@ def test_recipe_table_reads_plain_runs_as_one_row_per_configuration(tmp_path):
     assert [r[0] for r in plain] == ["arm", "other"] and plain[0][1:] == book_row[1:] and plain[0][3] == "2/3"
     assert plain[1][1] == "lr=0.001" and plain[1][3] == "1/1"
     assert "selectlens eval --run" in text.split("table: b")[1]
+    res = _run_script(page, "--table", "b", str(src / "arm_s0"), str(src / "arm_s0"))  # one seed twice
+    assert res.returncode == 2 and "seed 0" in res.stderr and res.stderr.count("\n") == 1
 
 
 def test_vs_oracle_table_uses_each_groups_metric(tmp_path):
@@ -352,6 +354,11 @@ def test_recipe_ablation_script_runs_arms_and_feeds_the_recipe_table(tmp_path):
     assert sorted((r["arm"], r["seed"]) for r in book["runs"]) == [
         ("base", 0), ("base", 1), ("base", 2), ("batch64_interleaved", 0), ("batch64_interleaved", 1)]
     assert (out / "base_s2" / "eval.json").exists() and json.loads((out / "base_s2" / "config.json").read_text())["seed"] == 2
+    assert book["command"].count("scripts/recipe_ablation.py") == 2  # both calls, the first one's arms credited to it
+    # a kept run trained at another --scale is not silently mixed with this call's budget
+    res = subprocess.run([*again[:again.index("--scale")], "--scale", "0.5", *again[again.index("--scale") + 2:]],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "epochs" in res.stderr
 
 
 def test_mixture_vs_single_table_pairs_seeds_per_sigma(tmp_path):

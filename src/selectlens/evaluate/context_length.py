@@ -68,7 +68,7 @@ def group_curves(preds: dict[str, Tensor], losses: dict[str, Tensor], batch_grou
                 per_seq[name][m] = EXTRA_METRICS[m](preds[name][mask], target[mask])
         for name, values in per_seq.items():
             entry = {m: curve_ci(v) for m, v in values.items()}
-            if name != "model" and "model" in per_seq:
+            if name != "model" and name in preds and "model" in per_seq:  # not for bound-only entries
                 entry["model_excess_over"] = {m: excess_ratio_ci(per_seq["model"][m], v) for m, v in values.items()
                                               if m in per_seq["model"]}
             res["predictors"][name] = entry
