@@ -15,8 +15,9 @@ The recipe (``base``) is the ``mixed_noise_cpu`` preset (batch 512, lr 3e-3); ``
 budget (a quick check of the script: ``--scale 0.01``).
 
 An ``--out`` that already holds any of the asked runs (or an ablation.json) is refused, so a second
-call never replaces finished runs. ``--skip-done`` keeps every run that has an eval.json and its entry
-in ablation.json, and trains only the others (an unfinished run directory is started again).
+call never replaces finished runs. ``--skip-done`` keeps every run that finished (rc 0 and an eval.json)
+and its entry in ablation.json, and trains only the others (an unfinished run directory is started
+again); a kept run trained for other epochs than this call asks (another ``--scale``) is refused.
 """
 
 from __future__ import annotations
@@ -175,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     kept = {(r["arm"], r["seed"]) for r in done}
     lock = threading.Lock()
 
+    order = {j: i for i, j in enumerate(jobs)}
+
     def one(job):
         result = _one(*job, args, deadline)
         with lock:
             done.append(result)
-            order = {j: i for i, j in enumerate(jobs)}
             _write_book(args, argv, sorted(done, key=lambda r: order.get((r["arm"], r["seed"]), -1)), old)
         return result
 
