@@ -76,14 +76,22 @@ class DataConfig(_Section):
         """Checks across sections (e.g. the training loss a family allows); raise ValueError."""
         if config.training.loss != "mse":
             raise ValueError(f"training.loss must be mse for data.task {self.task}")
-        if config.training.curriculum is not None and not self.supports_curriculum:
-            raise ValueError(f"training.curriculum applies to the raw-data tasks, not data.task {self.task}")
+        self.check_training_options(config)
+
+    def check_training_options(self, config: "Config") -> None:
+        """The training options only some families support: a curriculum, the conditional-mean target."""
         cur = config.training.curriculum
+        if cur is not None and not self.supports_curriculum:
+            raise ValueError(f"training.curriculum applies to the raw-data tasks, not data.task {self.task}")
         if cur is not None and (cur.d_start > self.d_d or cur.n_start > self.N):
             raise ValueError(f"training.curriculum starts at d {cur.d_start}, n {cur.n_start}, beyond the task's "
                              f"d_d {self.d_d}, N {self.N}")
+        if config.training.target == "conditional_mean" and not self.supports_conditional_mean:
+            raise ValueError(f"training.target conditional_mean needs a task that knows its labels' mean given the "
+                             f"latents (the raw-data tasks), not data.task {self.task}")
 
     supports_curriculum: ClassVar[bool] = False
+    supports_conditional_mean: ClassVar[bool] = False
 
 
 # ---------------------------------------------------------------------------
@@ -237,6 +245,10 @@ class TrainingConfig(_Section):
         "all", description="Raw tasks: average the loss over every x position, or use the last one only."
     )
     curriculum: CurriculumConfig | None = Field(None, description="Raw-data tasks: grow d and N during training (off when null).")
+    target: Literal["observed", "conditional_mean"] = Field(
+        "observed", description="Raw-data tasks: train against the label y_i (observed) or its mean given the "
+        "sequence's latents, E[y_i | x_i, w] (conditional_mean: the same minimiser, less gradient noise). "
+        "Eval always scores y.")
     compile: bool = Field(False, description="torch.compile the loss (forward + backward); compile time counts in the run.")
     fused_adam: bool = Field(False, description="Adam's fused single-kernel update (CPU, CUDA): same maths, another trajectory.")
 

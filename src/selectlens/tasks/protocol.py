@@ -14,6 +14,8 @@ A family is a subclass of :class:`TaskFamily` in one module. It declares
 * :meth:`TaskFamily.tensor_spec` — every tensor of a sequence (what data files and memory
   estimates use);
 * :meth:`TaskFamily.paired_batches` — two batches differing in one latent for activation patching;
+* :meth:`TaskFamily.conditional_mean` — optionally, the target's mean given the sequence's latents
+  (``training.target: conditional_mean`` trains against it; ``data`` declares ``supports_conditional_mean``);
 * ``loss`` / ``metrics`` — the training loss and the metrics eval reports;
 * ``analyses`` — the interpretability sections its report has.
 
@@ -204,6 +206,17 @@ class TaskFamily:
 
     def check_tokens(self, tokens: Tensor) -> str | None:
         """A problem with user-given tokens ``[B, T, F]`` that fit the model's width, or None."""
+        return None
+
+    # -- training target ---------------------------------------------------------------------
+    def conditional_mean(self, batch: Batch) -> Tensor | None:
+        """``[B, P]``: E[target | the sequence's inputs and latents], or None where the family has none.
+
+        ``training.target: conditional_mean`` trains against it. The model's inputs are unchanged, and since
+        the label's noise is independent of everything the model sees, the expected loss's minimiser over
+        predictors of the prefix stays the same (E[y_i | prefix] = E[E[y_i | x_i, latents] | prefix]);
+        only the gradient's noise shrinks. Eval always scores the observed target.
+        """
         return None
 
     # -- interventions ----------------------------------------------------------------------

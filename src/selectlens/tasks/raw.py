@@ -40,6 +40,7 @@ class RawData(DataConfig):
     """``data`` keys of the raw-data tasks (``N`` pairs of width ``d_d``)."""
 
     supports_curriculum = True
+    supports_conditional_mean = True
 
     task: str = "mixed_noise_regression"
     N: int = Field(20, ge=2, description="Pairs (x, y) per sequence.")
@@ -255,6 +256,15 @@ class RawTask(TaskFamily):
         sigma = torch.where(is_regression, sigma, torch.zeros_like(sigma))
         return RawBatch(tokens=self.tokens(x, y), target=y.clone(), x=x, y=y, w=w, sigma=sigma,
                         is_regression=is_regression.clone())
+
+
+    def conditional_mean(self, batch: RawBatch) -> Tensor:
+        """``[B, N]``: E[y_i | x_i, w] — xᵢᵀw/√d for regression sequences (the noise σz removed), the label
+        itself for classification ones (y = sign(xᵀw) has no noise). d is the batch's own width, so a reduced
+        curriculum batch gives its own problem's mean."""
+        d = batch.x.shape[-1]
+        clean = (batch.x @ batch.w.unsqueeze(-1)).squeeze(-1) / math.sqrt(d)
+        return torch.where(batch.is_regression.unsqueeze(-1), clean, batch.y)
 
 
 class MixedNoiseRegressionTask(RawTask):

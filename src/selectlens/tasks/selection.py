@@ -83,8 +83,7 @@ class SelectionData(SelectionLayoutData):
     def check_config(self, config: Any) -> None:
         if config.training.loss == "bce" and not self.classification:
             raise ValueError("training.loss bce needs data.classification true")
-        if config.training.curriculum is not None:
-            raise ValueError("training.curriculum applies to the raw-data tasks, not data.task selection")
+        self.check_training_options(config)
 
 
 @dataclass

@@ -256,17 +256,26 @@ def _curriculum_batches(state: TrainState, plan: EpochPlan):
     """Per step, a fresh global batch at the current curriculum point; yields ``(tokens, target)``."""
     for i in range(plan.steps_per_epoch):
         size = min(plan.batch_size, plan.n_train - i * plan.batch_size)
-        batch, _ = state.task.sample_at(size, state.data_gen, *curriculum_point(state))
+        batch, small = state.task.sample_at(size, state.data_gen, *curriculum_point(state))
         mine = distributed.rank_slice(state.dist, torch.arange(size, device=state.device))
-        yield batch.tokens[mine], batch.target[mine], size
+        yield batch.tokens[mine], training_target(state, small)[mine], size
+
+
+def training_target(state: TrainState, batch: Batch) -> torch.Tensor:
+    """What the loss compares the model with: the observed target, or (``training.target:
+    conditional_mean``) its mean given the sequence's latents (:meth:`TaskFamily.conditional_mean`)."""
+    if state.config.training.target == "conditional_mean":
+        return state.task.conditional_mean(batch)
+    return batch.target
 
 
 def _epoch_batches(state: TrainState, plan: EpochPlan, train_b: Batch):
     order = torch.randperm(plan.n_train, generator=state.shuffle_gen).to(state.device)
+    target = training_target(state, train_b)
     for i in range(plan.steps_per_epoch):
         idx = order[i * plan.batch_size : (i + 1) * plan.batch_size]  # the global batch [B]
         mine = distributed.rank_slice(state.dist, idx)  # this rank's share [b_r]
-        yield train_b.tokens[mine], train_b.target[mine], len(idx)
+        yield train_b.tokens[mine], target[mine], len(idx)
 
 
 def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=None):
