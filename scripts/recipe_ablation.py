@@ -36,12 +36,19 @@ from pathlib import Path
 B256 = ["training.batch_size=256", "training.lr=0.002"]
 B64 = ["training.batch_size=64", "training.lr=0.001"]
 CURRICULUM = "training.curriculum={d_start: 2, d_inc: 1, n_start: 5, n_inc: 3, every: %d}"
+TARGET_MEAN = "training.target=conditional_mean"
 SIGMA = {"sigma0.1_only": ["data.noise_levels=[0.1]"], "sigma0.5_only": ["data.noise_levels=[0.5]"]}
 ARMS: dict[str, tuple[str, list[str], float]] = {
     # the preset (batch 512, lr 3e-3) and the three-model σ experiment, the linear-or-logistic task with it
     "base": ("mixed_noise_cpu", [], 1.0),
     **{k: ("mixed_noise_cpu", v, 1.0) for k, v in SIGMA.items()},
     "linear_or_logistic": ("linear_or_logistic_cpu", [], 1.0),
+    # the training objective's noise: the label's mean given w as the target (same minimiser), and a batch twice
+    # the preset's (half the steps), the two ways of a less noisy gradient
+    "target_mean": ("mixed_noise_cpu", [TARGET_MEAN], 1.0),
+    **{f"target_mean_{k}": ("mixed_noise_cpu", [TARGET_MEAN, *v], 1.0) for k, v in SIGMA.items()},
+    "target_mean_linear_or_logistic": ("linear_or_logistic_cpu", [TARGET_MEAN], 1.0),
+    "batch1024": ("mixed_noise_cpu", ["training.batch_size=1024", "training.lr=0.004", "training.warmup_steps=250"], 1.0),
     # batch 256: the same sequences in twice the steps
     "batch256": ("mixed_noise_cpu", B256, 1.0),
     "batch256_lr1e-3": ("mixed_noise_cpu", [*B256, "training.lr=0.001"], 1.0),

@@ -431,7 +431,7 @@ def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
     from selectlens.config import load_config
 
     preset = load_config(opts.get("preset", "mixed_noise_cpu")).model_dump(mode="json")
-    books: dict[str, dict[Any, list[dict[str, Any]]]] = {}
+    books: dict[str, dict[tuple[str, str | None], list[dict[str, Any]]]] = {}  # source → (arm, change) → seeds
     cmds, devices = [], []
     for src in sources:
         if (src / "ablation.json").is_file() or not (src / "eval.json").is_file():
@@ -442,7 +442,7 @@ def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
             for r in book["runs"]:
                 run = src / f"{r['arm']}_s{r['seed']}"
                 if r["rc"] == 0 and (run / "eval.json").is_file():
-                    arms.setdefault(r["arm"], []).append(recipe_run(run))
+                    arms.setdefault((r["arm"], None), []).append(recipe_run(run))
         else:  # one run of its own
             one = recipe_run(src)
             devices.append(one["config"].get("device", "?"))
@@ -460,8 +460,8 @@ def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
     rows = []
     for key, arms in books.items():
         name = "runs" if not key else (Path(key).name if names.count(Path(key).name) == 1 else key)
-        for arm, runs in arms.items():
-            rows.append(([name] if many else []) + _recipe_row(arm if isinstance(arm, str) else arm[0], runs, preset))
+        for (arm, _), runs in arms.items():
+            rows.append(([name] if many else []) + _recipe_row(arm, runs, preset))
     return _table(head, rows), "; ".join(cmds), "device " + ", ".join(dict.fromkeys(devices))
 
 

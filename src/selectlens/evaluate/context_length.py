@@ -74,7 +74,8 @@ def group_curves(preds: dict[str, Tensor], losses: dict[str, Tensor], batch_grou
             res["predictors"][name] = entry
         if reference in losses and "model" in losses:
             res["model_minus_reference"] = curve_ci(losses["model"][mask] - losses[reference][mask])
-            res["excess_risk_ratio"] = excess_ratio_ci(losses["model"][mask], losses[reference][mask])
+            known = res["predictors"][reference].get("model_excess_over", {}).get(metric)  # computed above
+            res["excess_risk_ratio"] = known or excess_ratio_ci(losses["model"][mask], losses[reference][mask])
         out[g] = res
     return out
 
