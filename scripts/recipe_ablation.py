@@ -17,7 +17,8 @@ budget (a quick check of the script: ``--scale 0.01``).
 An ``--out`` that already holds any of the asked runs (or an ablation.json) is refused, so a second
 call never replaces finished runs. ``--skip-done`` keeps every run that finished (rc 0 and an eval.json)
 and its entry in ablation.json, and trains only the others (an unfinished run directory is started
-again); a kept run trained for other epochs than this call asks (another ``--scale``) is refused.
+again; one whose training finished but whose eval did not is only evaluated); a kept run trained for
+other epochs than this call asks (another ``--scale``) is refused.
 """
 
 from __future__ import annotations
@@ -83,13 +84,16 @@ def _one(arm: str, seed: int, args, deadline: float) -> dict:
            "--device", args.device, "--quiet", "--force", "--max-minutes", f"{minutes:.2f}",
            "--set", f"training.epochs={epochs}", *[a for s in sets for a in ("--set", s)], *args.set]
     t0 = time.time()
-    with open(args.out / f"{arm}_s{seed}.log", "w") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    trained = args.skip_done and _trained(run, epochs)  # its eval was stopped: evaluate, do not train again
+    with open(args.out / f"{arm}_s{seed}.log", "a" if trained else "w") as log:
+        rc = 0 if trained else subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
         train_s = time.time() - t0
         if rc == 0:
             rc = subprocess.call([sys.executable, "-m", "selectlens", "eval", "--run", str(run), "--device", args.device],
                                  stdout=log, stderr=subprocess.STDOUT)
     done = {"arm": arm, "seed": seed, "rc": rc, "train_s": round(train_s, 1), "epochs_asked": epochs}
+    if trained:
+        done["train_s"] = None  # trained by an earlier call; this one only evaluated it
     print(json.dumps(done), flush=True)
     return done
 
@@ -124,6 +128,16 @@ def _finished(args, jobs: list[tuple[str, int]]) -> tuple[list[dict], dict] | st
                 return (f"{args.out / (r['arm'] + '_s' + str(r['seed']))} was trained for {epochs} epochs, this call "
                         f"asks {_asked_epochs(r['arm'], args)} (another --scale?); choose a new --out")
     return kept, book
+
+
+def _trained(run: Path, epochs: int) -> bool:
+    """Training finished (its model is written only at the end, and --force replaces the whole directory) for the
+    epochs this call asks: only the eval is missing."""
+    try:
+        cfg = json.loads((run / "config.json").read_text())
+        return (run / "model.safetensors").is_file() and cfg["training"]["epochs"] == epochs
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _asked_epochs(arm: str, args) -> int:

@@ -355,6 +355,14 @@ def test_recipe_ablation_script_runs_arms_and_feeds_the_recipe_table(tmp_path):
         ("base", 0), ("base", 1), ("base", 2), ("batch64_interleaved", 0), ("batch64_interleaved", 1)]
     assert (out / "base_s2" / "eval.json").exists() and json.loads((out / "base_s2" / "config.json").read_text())["seed"] == 2
     assert book["command"].count("scripts/recipe_ablation.py") == 2  # both calls, the first one's arms credited to it
+    # a run whose training finished but whose eval was stopped is evaluated again, not trained again
+    (out / "base_s2" / "eval.json").unlink()
+    model = (out / "base_s2" / "model.safetensors").stat().st_mtime_ns
+    res = subprocess.run(again, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert (out / "base_s2" / "eval.json").exists() and (out / "base_s2" / "model.safetensors").stat().st_mtime_ns == model
+    entry = [r for r in json.loads((out / "ablation.json").read_text())["runs"] if (r["arm"], r["seed"]) == ("base", 2)]
+    assert len(entry) == 1 and entry[0]["rc"] == 0 and entry[0]["train_s"] is None
     # a kept run trained at another --scale is not silently mixed with this call's budget
     res = subprocess.run([*again[:again.index("--scale")], "--scale", "0.5", *again[again.index("--scale") + 2:]],
                          capture_output=True, text=True, timeout=600)
