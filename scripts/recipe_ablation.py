@@ -17,8 +17,8 @@ budget (a quick check of the script: ``--scale 0.01``).
 An ``--out`` that already holds any of the asked runs (or an ablation.json) is refused, so a second
 call never replaces finished runs. ``--skip-done`` keeps every run that finished (rc 0 and an eval.json)
 and its entry in ablation.json, and trains only the others (an unfinished run directory is started
-again; one whose training finished but whose eval did not is only evaluated); a kept run trained for
-other epochs than this call asks (another ``--scale``) is refused.
+again; one that trained all its epochs but whose eval did not finish is only evaluated); a kept run
+trained for other epochs than this call asks (another ``--scale``) is refused.
 """
 
 from __future__ import annotations
@@ -131,11 +131,12 @@ def _finished(args, jobs: list[tuple[str, int]]) -> tuple[list[dict], dict] | st
 
 
 def _trained(run: Path, epochs: int) -> bool:
-    """Training finished (its model is written only at the end, and --force replaces the whole directory) for the
-    epochs this call asks: only the eval is missing."""
+    """Training ran all the epochs this call asks (its metrics.jsonl holds the last one): only the eval is
+    missing. A run stopped earlier (killed, or capped by a deadline) is trained again."""
     try:
         cfg = json.loads((run / "config.json").read_text())
-        return (run / "model.safetensors").is_file() and cfg["training"]["epochs"] == epochs
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return cfg["training"]["epochs"] == epochs and bool(lines) and json.loads(lines[-1])["epoch"] == epochs
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

@@ -363,6 +363,14 @@ def test_recipe_ablation_script_runs_arms_and_feeds_the_recipe_table(tmp_path):
     assert (out / "base_s2" / "eval.json").exists() and (out / "base_s2" / "model.safetensors").stat().st_mtime_ns == model
     entry = [r for r in json.loads((out / "ablation.json").read_text())["runs"] if (r["arm"], r["seed"]) == ("base", 2)]
     assert len(entry) == 1 and entry[0]["rc"] == 0 and entry[0]["train_s"] is None
+    # one stopped before its last epoch (its model is checkpointed on the way) is trained again
+    metrics = out / "base_s2" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    (out / "base_s2" / "eval.json").unlink()
+    res = subprocess.run(again, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert (out / "base_s2" / "model.safetensors").stat().st_mtime_ns != model
+    assert len(metrics.read_text().splitlines()) == json.loads((out / "base_s2" / "config.json").read_text())["training"]["epochs"]
     # a kept run trained at another --scale is not silently mixed with this call's budget
     res = subprocess.run([*again[:again.index("--scale")], "--scale", "0.5", *again[again.index("--scale") + 2:]],
                          capture_output=True, text=True, timeout=600)

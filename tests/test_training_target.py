@@ -50,19 +50,42 @@ def _records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_training_loss_drops_by_the_noise_variance_and_test_loss_stays_observed(tmp_path):
+CURRICULUM = "training.curriculum={d_start: 2, d_inc: 1, n_start: 20, n_inc: 0, every: 100000}"  # d stays 2
+
+
+@pytest.mark.parametrize("config, sets, noise", [
+    ("mixed_noise_cpu", [], (0.1**2 + 0.5**2) / 2),
+    ("mixed_noise_cpu", [CURRICULUM], (0.1**2 + 0.5**2) / 2),  # the reduced batches' own mean (1/√d_eff)
+    ("linear_or_logistic_cpu", [], 0.5 * (0.1**2 + 0.5**2) / 2),  # classification sequences have no noise
+])
+def test_training_loss_drops_by_the_noise_variance_and_test_loss_stays_observed(tmp_path, config, sets, noise):
     """With a learning rate too small to move the model, the two targets see the same sequences and the same
     predictions f, so the train losses differ by mean[(f − y)² − (f − m)²] = mean σ²z² + 2·mean (m − f)σz:
-    E σ² = (0.1² + 0.5²)/2 = 0.13 plus a cross term whose sd is ~1e-3 here. The test loss scores y both ways."""
+    E σ² plus a cross term whose sd is ~1e-3 here. A wrong mean (e.g. a reduced batch scaled by the full
+    1/√d) adds E[(m' − m)²]-sized terms. The test loss scores y both ways."""
     runs = {}
     for target in ("observed", "conditional_mean"):
-        cfg = load_config("mixed_noise_cpu", TINY + ["training.lr=1e-12", "training.warmup_steps=0",
-                                                     f"training.target={target}"])
+        cfg = load_config(config, TINY + sets + ["training.lr=1e-12", "training.warmup_steps=0",
+                                                 f"training.target={target}"])
         train(cfg, tmp_path / target, progress=False)
         runs[target] = _records(tmp_path / target)[-1]
     observed, denoised = runs["observed"], runs["conditional_mean"]
-    assert observed["train_loss"] - denoised["train_loss"] == pytest.approx(0.13, abs=0.01)
+    assert observed["train_loss"] - denoised["train_loss"] == pytest.approx(noise, abs=0.01)
     assert denoised["test_loss"] == pytest.approx(observed["test_loss"], rel=1e-5)
+    assert denoised["train_target"] == "conditional_mean" and "train_target" not in observed
+
+
+def test_a_family_with_its_own_labels_must_say_their_mean(tmp_path, monkeypatch):
+    """A user family that makes its own labels (its own ``build``) does not inherit RawTask's mean: the option
+    is refused in one line before anything is written."""
+    from conftest import ROOT, run_cli
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "examples"))
+    run = tmp_path / "laplace"
+    res = run_cli("train", "--config", "mixed_noise_cpu", "--set", "data.task=my_task:LaplaceNoiseTask",
+                  "--set", "training.target=conditional_mean", "--out", str(run), cwd=ROOT)
+    assert res.returncode != 0 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    assert "does not define its labels' mean" in res.stderr and not run.exists()
 
 
 def test_conditional_mean_target_trains_and_resumes_exactly(tmp_path):

@@ -15,7 +15,7 @@ A family is a subclass of :class:`TaskFamily` in one module. It declares
   estimates use);
 * :meth:`TaskFamily.paired_batches` — two batches differing in one latent for activation patching;
 * :meth:`TaskFamily.conditional_mean` — optionally, the target's mean given the sequence's latents
-  (``training.target: conditional_mean`` trains against it; ``data`` declares ``supports_conditional_mean``);
+  (``training.target: conditional_mean`` trains against it; training refuses the option where it is None);
 * ``loss`` / ``metrics`` — the training loss and the metrics eval reports;
 * ``analyses`` — the interpretability sections its report has.
 
@@ -214,8 +214,8 @@ class TaskFamily:
 
         ``training.target: conditional_mean`` trains against it. The model's inputs are unchanged, and since
         the label's noise is independent of everything the model sees, the expected loss's minimiser over
-        predictors of the prefix stays the same (E[y_i | prefix] = E[E[y_i | x_i, latents] | prefix]);
-        only the gradient's noise shrinks. Eval always scores the observed target.
+        predictors of the prefix stays the same (E[y_i | prefix] = E[E[y_i | x_i, latents] | prefix]); the
+        label noise leaves the gradient. Eval always scores the observed target.
         """
         return None
 

@@ -258,10 +258,13 @@ class RawTask(TaskFamily):
                         is_regression=is_regression.clone())
 
 
-    def conditional_mean(self, batch: RawBatch) -> Tensor:
+    def conditional_mean(self, batch: RawBatch) -> Tensor | None:
         """``[B, N]``: E[y_i | x_i, w] — xᵢᵀw/√d for regression sequences (the noise σz removed), the label
         itself for classification ones (y = sign(xᵀw) has no noise). d is the batch's own width, so a reduced
-        curriculum batch gives its own problem's mean."""
+        curriculum batch gives its own problem's mean. None for a subclass that makes its own labels (its own
+        ``build``) without saying their mean: training refuses the option for it."""
+        if type(self).build is not RawTask.build:
+            return None
         d = batch.x.shape[-1]
         clean = (batch.x @ batch.w.unsqueeze(-1)).squeeze(-1) / math.sqrt(d)
         return torch.where(batch.is_regression.unsqueeze(-1), clean, batch.y)

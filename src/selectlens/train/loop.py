@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from selectlens.baselines import BaselineSuite, pointwise_loss, suite_for
-from selectlens.config import Config, check_device
+from selectlens.config import Config, ConfigError, check_device
 from selectlens.errors import SelectLensError
 from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 from selectlens.model.checkpoint import load_weights, read_safetensors
@@ -166,6 +166,7 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
     check_memory(train_bytes(config), f"training (N={config.data.N}, {config.data.train_samp_per_class:,} sequences "
                  f"per epoch, batch {config.training.batch_size})", str(device),
                  "lower data.train_samp_per_class, data.N or training.batch_size")
+    check_training_target(config, make_task(config, device="cpu"))  # before a --force replaces anything
     if not resume and ctx.is_main:
         rundir.prepare_run_dir(run, config, force=force)
     distributed.init_process_group(ctx, device)
@@ -261,6 +262,14 @@ def _curriculum_batches(state: TrainState, plan: EpochPlan):
         yield batch.tokens[mine], training_target(state, small)[mine], size
 
 
+def check_training_target(config: Config, task: TaskFamily) -> None:
+    """``training.target: conditional_mean`` needs a family that says its labels' mean (probed on one sequence
+    from a generator of its own, so the run's random streams are untouched)."""
+    if config.training.target == "conditional_mean" and task.conditional_mean(task.sample(1, make_generator(0))) is None:
+        raise ConfigError(f"training.target conditional_mean: data.task {config.data.task} does not define its labels' "
+                          f"mean given the latents (TaskFamily.conditional_mean)")
+
+
 def training_target(state: TrainState, batch: Batch) -> torch.Tensor:
     """What the loss compares the model with: the observed target, or (``training.target:
     conditional_mean``) its mean given the sequence's latents (:meth:`TaskFamily.conditional_mean`)."""
@@ -321,6 +330,7 @@ def epoch_record(state: TrainState, epoch: int, train_loss: float, test_b, basel
         "sequences": state.sequences,
         "lr": state.opt.param_groups[0]["lr"],
         "train_loss": train_loss,
+        **({"train_target": "conditional_mean"} if state.config.training.target == "conditional_mean" else {}),
         **split_losses(state, test_b, baselines),
     }
 
