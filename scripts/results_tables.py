@@ -372,7 +372,7 @@ def _mean_over_positions(res: dict[str, Any], name: str) -> float:
 def recipe_run(run: Path) -> dict[str, Any]:
     """One ablation run: its config, sequences trained and asked, plateau (from eval.json, at full size on
     its 20,000 held-out sequences), and per σ group the excess ratio and the best single-λ ridge's at each n."""
-    cfg, ev = _read_json(run / "config.json"), _read_json(run / "eval.json")
+    cfg, ev = _run_config(run), _read_json(run / "eval.json")
     lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if (run / "metrics.jsonl").is_file() else []
     if not lines:
         raise TableError(f"{run}: no metrics.jsonl records (a run that never finished an epoch)")
@@ -395,6 +395,17 @@ def recipe_run(run: Path) -> dict[str, Any]:
         if line is not None and selects:
             out["groups"][g]["line"] = {n: line["mean"][i] / ref_mse[i] for n, i in idx.items()}
     return out
+
+
+def _run_config(run: Path) -> dict[str, Any]:
+    """The run's config with every key (one written before a key existed gets its default, as a resume would)."""
+    from selectlens.errors import SelectLensError
+    from selectlens.rundir import read_run_config
+
+    try:
+        return read_run_config(run).model_dump(mode="json")
+    except SelectLensError as err:
+        raise TableError(str(err)) from None
 
 
 def _change(cfg: dict[str, Any], preset: dict[str, Any]) -> str:

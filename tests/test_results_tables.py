@@ -255,6 +255,9 @@ def test_recipe_table_reads_plain_runs_as_one_row_per_configuration(tmp_path):
     for s in range(3):
         _fake_ablation_run(src / f"arm_s{s}", s, "bayes" if s != 1 else "zeros")
     _fake_ablation_run(tmp_path / "other_s0", 0, "bayes", "training.lr=0.001")
+    old = json.loads((src / "arm_s1" / "config.json").read_text())  # written before training.target existed
+    del old["training"]["target"]
+    (src / "arm_s1" / "config.json").write_text(json.dumps(old))
     (src / "ablation.json").write_text(json.dumps({"device": "cpu", "runs": [{"arm": "arm", "seed": s, "rc": 0} for s in range(3)]}))
     page = tmp_path / "r.md"
     page.write_text(_page(tmp_path, "a view=recipe", "b view=recipe"))
