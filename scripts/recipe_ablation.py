@@ -91,9 +91,8 @@ def _one(arm: str, seed: int, args, deadline: float) -> dict:
         if rc == 0:
             rc = subprocess.call([sys.executable, "-m", "selectlens", "eval", "--run", str(run), "--device", args.device],
                                  stdout=log, stderr=subprocess.STDOUT)
-    done = {"arm": arm, "seed": seed, "rc": rc, "train_s": round(train_s, 1), "epochs_asked": epochs}
-    if trained:
-        done["train_s"] = None  # trained by an earlier call; this one only evaluated it
+    # train_s None: trained by an earlier call, this one only evaluated it
+    done = {"arm": arm, "seed": seed, "rc": rc, "train_s": None if trained else round(train_s, 1), "epochs_asked": epochs}
     print(json.dumps(done), flush=True)
     return done
 

@@ -119,6 +119,11 @@ def per_example(x: Tensor, y: Tensor) -> Tensor:
     return torch.cat([x, shifted.unsqueeze(-1)], dim=-1)
 
 
+def _xw(x: Tensor, w: Tensor) -> Tensor:
+    """``[B, N]``: xᵢᵀw for ``x [B, N, d]``, ``w [B, d]`` (the labels' noise-free part, before the 1/√d)."""
+    return (x @ w.unsqueeze(-1)).squeeze(-1)
+
+
 TOKENIZERS = {"interleaved": interleave, "per_example": per_example}
 
 
@@ -249,14 +254,13 @@ class RawTask(TaskFamily):
         (+1 at 0) and σ is recorded as 0.
         """
         d = x.shape[-1]
-        clean = (x @ w.unsqueeze(-1)).squeeze(-1)  # [B, N]
+        clean = _xw(x, w)
         regression = clean / math.sqrt(d) + sigma.unsqueeze(-1) * z
         sign = torch.where(clean >= 0, 1.0, -1.0).to(x.dtype)
         y = torch.where(is_regression.unsqueeze(-1), regression, sign)
         sigma = torch.where(is_regression, sigma, torch.zeros_like(sigma))
         return RawBatch(tokens=self.tokens(x, y), target=y.clone(), x=x, y=y, w=w, sigma=sigma,
                         is_regression=is_regression.clone())
-
 
     def conditional_mean(self, batch: RawBatch) -> Tensor | None:
         """``[B, N]``: E[y_i | x_i, w] — xᵢᵀw/√d for regression sequences (the noise σz removed), the label
@@ -265,8 +269,7 @@ class RawTask(TaskFamily):
         ``build``) without saying their mean: training refuses the option for it."""
         if type(self).build is not RawTask.build:
             return None
-        d = batch.x.shape[-1]
-        clean = (batch.x @ batch.w.unsqueeze(-1)).squeeze(-1) / math.sqrt(d)
+        clean = _xw(batch.x, batch.w) / math.sqrt(batch.x.shape[-1])
         return torch.where(batch.is_regression.unsqueeze(-1), clean, batch.y)
 
 

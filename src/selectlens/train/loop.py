@@ -166,7 +166,7 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
     check_memory(train_bytes(config), f"training (N={config.data.N}, {config.data.train_samp_per_class:,} sequences "
                  f"per epoch, batch {config.training.batch_size})", str(device),
                  "lower data.train_samp_per_class, data.N or training.batch_size")
-    check_training_target(config, make_task(config, device="cpu"))  # before a --force replaces anything
+    check_training_target(config)  # before a --force replaces anything
     if not resume and ctx.is_main:
         rundir.prepare_run_dir(run, config, force=force)
     distributed.init_process_group(ctx, device)
@@ -262,10 +262,13 @@ def _curriculum_batches(state: TrainState, plan: EpochPlan):
         yield batch.tokens[mine], training_target(state, small)[mine], size
 
 
-def check_training_target(config: Config, task: TaskFamily) -> None:
+def check_training_target(config: Config) -> None:
     """``training.target: conditional_mean`` needs a family that says its labels' mean (probed on one sequence
     from a generator of its own, so the run's random streams are untouched)."""
-    if config.training.target == "conditional_mean" and task.conditional_mean(task.sample(1, make_generator(0))) is None:
+    if config.training.target != "conditional_mean":
+        return
+    task = make_task(config, device="cpu")
+    if task.conditional_mean(task.sample(1, make_generator(0))) is None:
         raise ConfigError(f"training.target conditional_mean: data.task {config.data.task} does not define its labels' "
                           f"mean given the latents (TaskFamily.conditional_mean)")
 
