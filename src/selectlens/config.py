@@ -249,8 +249,18 @@ class TrainingConfig(_Section):
         "observed", description="Raw-data tasks: train against the label y_i (observed) or its mean given the "
         "sequence's latents, E[y_i | x_i, w] (conditional_mean: the same minimiser, less gradient noise). "
         "Eval always scores y.")
+    position_weights: Literal["uniform", "inverse_reference"] = Field(
+        "uniform", description="Raw-data tasks, loss_positions all: weigh every read-out position equally, or by "
+        "1 / the reference predictor's risk there (inverse_reference: the same minimiser at every position, "
+        "the gradient no longer dominated by the early positions' irreducible error). Eval is unweighted.")
     compile: bool = Field(False, description="torch.compile the loss (forward + backward); compile time counts in the run.")
     fused_adam: bool = Field(False, description="Adam's fused single-kernel update (CPU, CUDA): same maths, another trajectory.")
+
+    @model_validator(mode="after")
+    def _weights_need_every_position(self) -> "TrainingConfig":
+        if self.position_weights != "uniform" and (self.loss_positions != "all" or self.curriculum is not None):
+            raise ValueError("position_weights inverse_reference needs loss_positions all and no curriculum")
+        return self
 
     @field_validator("lr")
     @classmethod

@@ -328,8 +328,10 @@ def _plot_raw_curves(ax, metrics: list[dict[str, Any]], eval_result: dict[str, A
     seqs = [m["sequences"] for m in metrics]
     ax.plot(seqs, [m["test_loss"] for m in metrics], color="black", lw=2, label="model (test)")
     denoised = any(m.get("train_target") == "conditional_mean" for m in metrics)  # no label noise: ~E[σ²] lower
-    ax.plot(seqs, [m["train_loss"] for m in metrics], color="gray", lw=1, alpha=0.6,
-            label="model (train, vs E[y | x, w])" if denoised else "model (train)")
+    weighted = any("train_position_weights" in m for m in metrics)  # a weighted mean: not on the test loss's scale
+    if not weighted:
+        ax.plot(seqs, [m["train_loss"] for m in metrics], color="gray", lw=1, alpha=0.6,
+                label="model (train, vs E[y | x, w])" if denoised else "model (train)")
     names = list(metrics[0]["baselines"]) if metrics else []
     import matplotlib.pyplot as plt
 
@@ -343,7 +345,7 @@ def _plot_raw_curves(ax, metrics: list[dict[str, Any]], eval_result: dict[str, A
     ax.set_xlabel("training sequences")
     ax.set_ylabel("test loss")
     losses = [m["test_loss"] for m in metrics] + [v for m in metrics for v in m["baselines"].values()]
-    losses += [m["train_loss"] for m in metrics] if denoised else []  # below every test curve: keep it in view
+    losses += [m["train_loss"] for m in metrics] if denoised and not weighted else []  # below every test curve: keep it in view
     if losses:
         lo = min(losses)
         ax.set_ylim(lo * 0.95, min(max(losses), lo * 2.0))

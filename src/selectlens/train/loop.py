@@ -29,7 +29,7 @@ from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 from selectlens.model.checkpoint import load_weights, read_safetensors
 from selectlens import rundir
 from selectlens.tasks.protocol import (
-    DATA_STREAM, DTYPES, INIT_STREAM, SHUFFLE_STREAM, Batch, TaskFamily, make_generator, make_task, stream_seed,
+    DATA_STREAM, DTYPES, INIT_STREAM, SHUFFLE_STREAM, STACKING_STREAM, Batch, TaskFamily, make_generator, make_task, stream_seed,
 )
 from selectlens.tasks.memory import check_memory, train_bytes
 from selectlens.train import distributed
@@ -80,29 +80,32 @@ LossFn = Callable[[SelectionTransformer, torch.Tensor, torch.Tensor], torch.Tens
 
 
 def batch_loss(model: SelectionTransformer, tokens: torch.Tensor, target: torch.Tensor, readout: slice, kind: str,
-               positions: str = "all") -> torch.Tensor:
+               positions: str = "all", weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean training loss of ``model`` on ``tokens [B, T, F]`` against ``target [B, P]`` (or ``[B]``, P = 1)
     at the read-out positions ``readout``: every one (``positions: all``) or the last one (``last``).
-    ``kind``: ``mse``, or ``bce`` (the read-out is a logit)."""
+    ``kind``: ``mse``, or ``bce`` (the read-out is a logit). ``weights [P]`` (mean 1) weigh the positions."""
     raw = model(tokens).raw[:, readout]  # [B, P]
     target = target if target.dim() == 2 else target.unsqueeze(1)
     if positions == "last":
         raw, target = raw[:, -1:], target[:, -1:]
     if kind == "bce":
-        return torch.nn.functional.binary_cross_entropy_with_logits(raw, target)
-    return ((raw - target) ** 2).mean()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(raw, target, reduction="none")
+    else:
+        loss = (raw - target) ** 2
+    return (loss * weights).mean() if weights is not None else loss.mean()
 
 
-def loss_fn(config: Config, *, compiled: bool | None = None) -> LossFn:
+def loss_fn(config: Config, *, compiled: bool | None = None, weights: torch.Tensor | None = None) -> LossFn:
     """The training loss chosen by the config: ``(model, tokens, target) -> scalar``.
 
-    The task says where the model reads out; ``training.loss`` and ``training.loss_positions`` say how
-    the read-outs are scored. ``compiled`` (default: ``training.compile``) wraps it in ``torch.compile``:
-    one inductor graph for forward and backward (C++ kernels built with gcc on CPU).
+    The task says where the model reads out; ``training.loss``, ``training.loss_positions`` and the
+    position ``weights`` (:func:`position_weights`) say how the read-outs are scored. ``compiled``
+    (default: ``training.compile``) wraps it in ``torch.compile``: one inductor graph for forward and
+    backward (C++ kernels built with gcc on CPU).
     """
     readout = make_task(config, device="cpu").readout
     kind, positions = config.training.loss, config.training.loss_positions
-    fn: LossFn = lambda model, tokens, target: batch_loss(model, tokens, target, readout, kind, positions)
+    fn: LossFn = lambda model, tokens, target: batch_loss(model, tokens, target, readout, kind, positions, weights)
     if config.training.compile if compiled is None else compiled:
         fn = torch.compile(fn, dynamic=False)
     return fn
@@ -139,6 +142,7 @@ class TrainState:
     step: int = 0
     sequences: int = 0  # training sequences actually stepped on, summed over epochs
     weights_restored: bool = False  # resume found stale run-level weights and rewrote them
+    position_weights: torch.Tensor | None = None  # [P] loss weights (training.position_weights), None: uniform
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -167,13 +171,15 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
                  f"per epoch, batch {config.training.batch_size})", str(device),
                  "lower data.train_samp_per_class, data.N or training.batch_size")
     check_training_target(config)  # before a --force replaces anything
+    task = make_task(config, device=device)
+    suite = suite_for(task)
+    weights = position_weights(config, task, suite)  # refuses a family without them before the run dir is touched
     if not resume and ctx.is_main:
         rundir.prepare_run_dir(run, config, force=force)
     distributed.init_process_group(ctx, device)
-    task = make_task(config, device=device)
     model = build_model(config).to(device)
     state = TrainState(
-        run=run, config=config, device=device, task=task, suite=suite_for(task), model=model,
+        run=run, config=config, device=device, task=task, suite=suite, model=model, position_weights=weights,
         opt=make_optimizer(model, config),
         data_gen=make_generator(stream_seed(config.seed, DATA_STREAM), device),
         shuffle_gen=make_generator(stream_seed(config.seed, SHUFFLE_STREAM), "cpu"),
@@ -273,6 +279,32 @@ def check_training_target(config: Config) -> None:
                           f"mean given the latents (TaskFamily.conditional_mean)")
 
 
+POSITION_WEIGHT_SEQUENCES = 16384
+
+
+def position_weights(config: Config, task: TaskFamily, suite: BaselineSuite) -> torch.Tensor | None:
+    """``[P]`` loss weights of the read-out positions, mean 1; None for ``training.position_weights: uniform``.
+
+    ``inverse_reference``: 1 / the reference predictor's risk at each position on the training target
+    (observed, or its conditional mean), measured on training-distribution sequences of the stacking stream,
+    so every rank and every resume computes the same weights. A position's weight does not depend on the
+    sequence, so the minimiser at every position is unchanged; what changes is that positions whose error is
+    mostly irreducible (few pairs seen) no longer dominate the gradient.
+    """
+    if config.training.position_weights == "uniform":
+        return None
+    batch = task.sample(POSITION_WEIGHT_SEQUENCES, make_generator(stream_seed(config.seed, STACKING_STREAM), task.device))
+    several = batch.targets.dim() == 2 and batch.targets.shape[1] > 1
+    reference = suite.predictors(None).get(suite.reference_name()) if several else None
+    if reference is None:
+        raise ConfigError(f"training.position_weights inverse_reference: data.task {config.data.task} has no "
+                          f"fit-free reference predictor over several read-out positions")
+    target = task.conditional_mean(batch) if config.training.target == "conditional_mean" else batch.targets
+    risk = pointwise_loss(reference(batch).double(), target.double(), config.training.loss).mean(0)  # [P]
+    inverse = 1.0 / risk.clamp_min(1e-12)
+    return (inverse / inverse.mean()).to(batch.targets.dtype)
+
+
 def training_target(state: TrainState, batch: Batch) -> torch.Tensor:
     """What the loss compares the model with: the observed target, or (``training.target:
     conditional_mean``) its mean given the sequence's latents (:meth:`TaskFamily.conditional_mean`)."""
@@ -334,6 +366,7 @@ def epoch_record(state: TrainState, epoch: int, train_loss: float, test_b, basel
         "lr": state.opt.param_groups[0]["lr"],
         "train_loss": train_loss,
         **({"train_target": "conditional_mean"} if state.config.training.target == "conditional_mean" else {}),
+        **({"train_position_weights": "inverse_reference"} if state.position_weights is not None else {}),
         **split_losses(state, test_b, baselines),
     }
 
@@ -393,7 +426,7 @@ def train(
     config = state.config
     plan = EpochPlan.from_config(config)
     distributed.check_batches_split(ctx, plan.n_train, plan.batch_size)
-    loss = loss_fn(config)
+    loss = loss_fn(config, weights=state.position_weights)
     baselines = epoch_baselines(state) if ctx.is_main else {}
     sinks = (sinks or MetricSinks.from_config(config, run)) if ctx.is_main else None
     started = time.monotonic()

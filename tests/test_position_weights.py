@@ -1,0 +1,92 @@
+"""training.position_weights: inverse_reference weighs each read-out position's loss by 1 / the reference
+predictor's risk there (mean 1); eval stays unweighted."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from selectlens.baselines import suite_for
+from selectlens.config import ConfigError, load_config
+from selectlens.tasks import make_generator, make_task
+from selectlens.train import train
+from selectlens.train.loop import batch_loss, build_model, position_weights
+
+TINY = ["data.train_samp_per_class=2000", "training.batch_size=200", "model.n_embd=32", "model.n_layer=1",
+        "model.n_head=2", "eval.temperature_sequences=200", "training.epochs=1", "training.save_every_epochs=1"]
+WEIGHTED = "training.position_weights=inverse_reference"
+
+
+def _posterior_risk(d: int, n_max: int, sigma: float, draws: int = 20000) -> np.ndarray:
+    """Closed form per prefix n (Monte Carlo over X only): with w ~ N(0, I) and y = xᵀw/√d + σz, the posterior
+    of w after n pairs has covariance S_n = (I + XᵀX/(dσ²))⁻¹, so the posterior mean's squared error against
+    x*ᵀw/√d is E tr(S_n)/d (x* ~ N(0, I) independent of X)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((draws, n_max, d))
+    out = []
+    for n in range(n_max):
+        xtx = np.einsum("bni,bnj->bij", x[:, :n], x[:, :n])
+        cov = np.linalg.inv(np.eye(d) + xtx / (d * sigma**2))
+        out.append(np.trace(cov, axis1=1, axis2=2).mean() / d)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("target", ["conditional_mean", "observed"])
+def test_inverse_reference_weights_follow_the_posterior_risk(target):
+    """One σ: the Bayes mixture is the exact posterior mean, whose risk at every n has a closed form; the
+    observed target adds σ² to every position."""
+    sigma, d, n = 0.3, 4, 8
+    cfg = load_config("mixed_noise_cpu", [f"data.d_d={d}", f"data.N={n}", f"data.noise_levels=[{sigma}]",
+                                          f"training.target={target}", WEIGHTED])
+    task = make_task(cfg)
+    weights = position_weights(cfg, task, suite_for(task)).double().numpy()
+    risk = _posterior_risk(d, n, sigma) + (sigma**2 if target == "observed" else 0.0)
+    expected = (1 / risk) / (1 / risk).mean()
+    np.testing.assert_allclose(weights, expected, rtol=0.05)
+    assert weights.mean() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_uniform_means_no_weights():
+    cfg = load_config("mixed_noise_cpu")
+    task = make_task(cfg)
+    assert cfg.training.position_weights == "uniform" and position_weights(cfg, task, suite_for(task)) is None
+
+
+def test_the_weighted_loss_is_the_weighted_mean_of_squared_errors():
+    cfg = load_config("mixed_noise_cpu", TINY)
+    torch.manual_seed(0)
+    model, task = build_model(cfg), make_task(cfg)
+    batch = task.sample(50, make_generator(1))
+    weights = torch.linspace(0.2, 1.8, cfg.data.N)
+    with torch.no_grad():
+        pred = model(batch.tokens).raw[:, task.readout].double().numpy()
+        got = batch_loss(model, batch.tokens, batch.target, task.readout, "mse", "all", weights).item()
+    err = (pred - batch.target.double().numpy()) ** 2
+    assert got == pytest.approx((err * weights.double().numpy()).mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("sets", [["training.loss_positions=last"],
+                                  ["training.curriculum={d_start: 2, d_inc: 1, n_start: 5, n_inc: 1, every: 10}"]])
+def test_weights_need_every_position_at_full_size(sets):
+    with pytest.raises(ConfigError, match="position_weights"):
+        load_config("mixed_noise_cpu", sets + [WEIGHTED])
+
+
+def test_a_task_with_one_read_out_is_refused_before_anything_is_written(tmp_path):
+    from conftest import ROOT, run_cli
+
+    run = tmp_path / "selection"
+    res = run_cli("train", "--config", "default", "--set", WEIGHTED, "--out", str(run), cwd=ROOT)
+    assert res.returncode != 0 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    assert "position_weights" in res.stderr and not run.exists()
+
+
+def test_weighted_training_records_it_and_resumes_exactly(tmp_path):
+    cfg = load_config("mixed_noise_cpu", TINY + ["training.epochs=3", WEIGHTED])
+    train(cfg, tmp_path / "whole", progress=False)
+    train(cfg, tmp_path / "split", progress=False, max_minutes=1e-9)
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "split" / "model.safetensors").read_bytes()
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["train_position_weights"] == "inverse_reference" for r in records)
