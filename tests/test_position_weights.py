@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from selectlens.baselines import suite_for
 from selectlens.config import ConfigError, load_config
 from selectlens.tasks import make_generator, make_task
 from selectlens.train import train
+from selectlens.train import loop
 from selectlens.train.loop import batch_loss, build_model, position_weights
 
 TINY = ["data.train_samp_per_class=2000", "training.batch_size=200", "model.n_embd=32", "model.n_layer=1",
@@ -40,7 +40,7 @@ def test_inverse_reference_weights_follow_the_posterior_risk(target):
     cfg = load_config("mixed_noise_cpu", [f"data.d_d={d}", f"data.N={n}", f"data.noise_levels=[{sigma}]",
                                           f"training.target={target}", WEIGHTED])
     task = make_task(cfg)
-    weights = position_weights(cfg, task, suite_for(task)).double().numpy()
+    weights = position_weights(cfg, task).double().numpy()
     risk = _posterior_risk(d, n, sigma) + (sigma**2 if target == "observed" else 0.0)
     expected = (1 / risk) / (1 / risk).mean()
     np.testing.assert_allclose(weights, expected, rtol=0.05)
@@ -50,7 +50,7 @@ def test_inverse_reference_weights_follow_the_posterior_risk(target):
 def test_uniform_means_no_weights():
     cfg = load_config("mixed_noise_cpu")
     task = make_task(cfg)
-    assert cfg.training.position_weights == "uniform" and position_weights(cfg, task, suite_for(task)) is None
+    assert cfg.training.position_weights == "uniform" and position_weights(cfg, task) is None
 
 
 def test_the_weighted_loss_is_the_weighted_mean_of_squared_errors():
@@ -73,20 +73,59 @@ def test_weights_need_every_position_at_full_size(sets):
         load_config("mixed_noise_cpu", sets + [WEIGHTED])
 
 
-def test_a_task_with_one_read_out_is_refused_before_anything_is_written(tmp_path):
-    from conftest import ROOT, run_cli
-
-    run = tmp_path / "selection"
-    res = run_cli("train", "--config", "default", "--set", WEIGHTED, "--out", str(run), cwd=ROOT)
-    assert res.returncode != 0 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
-    assert "position_weights" in res.stderr and not run.exists()
+@pytest.mark.parametrize("config", ["default", "sparse_or_dense_cpu"])
+def test_a_task_with_one_read_out_is_refused_when_the_config_loads(config):
+    with pytest.raises(ConfigError, match="position_weights"):
+        load_config(config, [WEIGHTED])
 
 
-def test_weighted_training_records_it_and_resumes_exactly(tmp_path):
+def test_training_steps_on_the_weighted_loss(tmp_path, monkeypatch):
+    """The loss every optimiser step takes carries the weights (a loop that built its loss without them fails)."""
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    real = loop.batch_loss
+    monkeypatch.setattr(loop, "batch_loss", spy)
+    cfg = load_config("mixed_noise_cpu", TINY + [WEIGHTED])
+    train(cfg, tmp_path / "run", progress=False)
+    task = make_task(cfg)
+    expected = position_weights(cfg, task)
+    assert len(seen) == 9 and all(w is not None and torch.equal(w, expected) for w in seen)  # 1800 / 200 steps
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    np.testing.assert_allclose(record["train_position_weights"], expected.double().numpy(), rtol=1e-6)
+
+
+def test_weighted_training_resumes_exactly_with_the_runs_own_weights(tmp_path, monkeypatch):
+    """A resume takes the weights from the checkpoint, not from this code: changing how they are measured
+    between the two halves leaves the resumed run bitwise equal to the uninterrupted one."""
     cfg = load_config("mixed_noise_cpu", TINY + ["training.epochs=3", WEIGHTED])
     train(cfg, tmp_path / "whole", progress=False)
     train(cfg, tmp_path / "split", progress=False, max_minutes=1e-9)
+    monkeypatch.setattr(loop, "POSITION_WEIGHT_SEQUENCES", 64)  # other weights, were they recomputed
     train(cfg, tmp_path / "split", resume=True, progress=False)
     assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "split" / "model.safetensors").read_bytes()
-    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["train_position_weights"] == "inverse_reference" for r in records)
+
+
+@pytest.mark.parametrize("extra, train_label", [({}, "model (train)"),
+                                                ({"train_target": "conditional_mean"}, "model (train, vs E[y | x, w])"),
+                                                ({"train_position_weights": [0.5, 1.5]}, None)])
+def test_the_curve_plot_shows_the_train_loss_only_on_the_test_losss_scale(extra, train_label):
+    """A weighted train loss is a weighted mean, not comparable with the test curves: the plot leaves it out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from selectlens.evaluate.runner import _plot_raw_curves
+
+    metrics = [{"sequences": 100 * (i + 1), "test_loss": 1.0 / (i + 1), "train_loss": 0.9 / (i + 1),
+                "baselines": {"bayes_posterior_mixture": 0.4}, **extra} for i in range(3)]
+    fig, ax = plt.subplots()
+    _plot_raw_curves(ax, metrics, None)
+    labels = [line.get_label() for line in ax.get_lines()]
+    plt.close(fig)
+    assert "model (test)" in labels
+    assert [lab for lab in labels if lab.startswith("model (train")] == ([train_label] if train_label else [])

@@ -79,7 +79,7 @@ class DataConfig(_Section):
         self.check_training_options(config)
 
     def check_training_options(self, config: "Config") -> None:
-        """The training options only some families support: a curriculum, the conditional-mean target."""
+        """The training options only some families support: a curriculum, the conditional-mean target, position weights."""
         cur = config.training.curriculum
         if cur is not None and not self.supports_curriculum:
             raise ValueError(f"training.curriculum applies to the raw-data tasks, not data.task {self.task}")
@@ -89,9 +89,13 @@ class DataConfig(_Section):
         if config.training.target == "conditional_mean" and not self.supports_conditional_mean:
             raise ValueError(f"training.target conditional_mean needs a task that knows its labels' mean given the "
                              f"latents (the raw-data tasks), not data.task {self.task}")
+        if config.training.position_weights != "uniform" and not self.supports_position_weights:
+            raise ValueError(f"training.position_weights {config.training.position_weights} needs a task read out at "
+                             f"every position (the raw-data tasks), not data.task {self.task}")
 
     supports_curriculum: ClassVar[bool] = False
     supports_conditional_mean: ClassVar[bool] = False
+    supports_position_weights: ClassVar[bool] = False
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from selectlens.benchmarks import sync
 from selectlens.benchmarks.reference import original_model, reference_sequences
 from selectlens.config import Config, load_config
 from selectlens.tasks import make_generator, make_task
-from selectlens.train.loop import build_model, loss_fn, make_optimizer
+from selectlens.train.loop import build_model, loss_fn, make_optimizer, position_weights
 
 
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
@@ -37,8 +37,9 @@ PROFILE_PARTS = ("matmuls", "other_kernels", "optimizer", "python_dispatch")
 
 
 class TrainBench:
-    """The training step exactly as ``selectlens train`` runs it (optimizer, compile
-    option, loss), on one epoch's worth of fresh sequences."""
+    """The training step as ``selectlens train`` runs it (optimizer, compile option, loss and its position
+    weights), on one epoch's worth of fresh sequences; against the observed target (the conditional mean costs
+    the same)."""
 
     def __init__(self, config: Config, device: torch.device):
         self.config, self.device = config, device
@@ -50,7 +51,7 @@ class TrainBench:
             import torch._inductor.config
 
             torch._inductor.config.cpp.enable_kernel_profile = True
-        self.loss = loss_fn(config)
+        self.loss = loss_fn(config, weights=position_weights(config, self.task))
         self.n = config.data.train_samp_per_class
         self.n_train = int(round(config.data.train_prop * self.n))
         self.bs = config.training.batch_size

@@ -41,6 +41,7 @@ class RawData(DataConfig):
 
     supports_curriculum = True
     supports_conditional_mean = True
+    supports_position_weights = True
 
     task: str = "mixed_noise_regression"
     N: int = Field(20, ge=2, description="Pairs (x, y) per sequence.")

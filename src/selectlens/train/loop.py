@@ -92,7 +92,11 @@ def batch_loss(model: SelectionTransformer, tokens: torch.Tensor, target: torch.
         loss = torch.nn.functional.binary_cross_entropy_with_logits(raw, target, reduction="none")
     else:
         loss = (raw - target) ** 2
-    return (loss * weights).mean() if weights is not None else loss.mean()
+    if weights is None:
+        return loss.mean()
+    if weights.shape != loss.shape[-1:]:
+        raise ValueError(f"position weights {tuple(weights.shape)} do not match the {loss.shape[-1]} read-out positions")
+    return (loss * weights).mean()
 
 
 def loss_fn(config: Config, *, compiled: bool | None = None, weights: torch.Tensor | None = None) -> LossFn:
@@ -154,6 +158,7 @@ class TrainState:
             "shuffle_rng": self.shuffle_gen.get_state(),
             "temperature": getattr(self.baseline_fit, "temperature", 0.0),
             "baseline_fit": self.baseline_fit.as_dict() if self.baseline_fit else None,
+            "position_weights": self.position_weights.tolist() if self.position_weights is not None else None,
         }
 
 
@@ -173,7 +178,7 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
     check_training_target(config)  # before a --force replaces anything
     task = make_task(config, device=device)
     suite = suite_for(task)
-    weights = position_weights(config, task, suite)  # refuses a family without them before the run dir is touched
+    weights = position_weights(config, task)  # refuses a family without them before the run dir is touched
     if not resume and ctx.is_main:
         rundir.prepare_run_dir(run, config, force=force)
     distributed.init_process_group(ctx, device)
@@ -211,6 +216,9 @@ def _restore(state: TrainState, epoch: int, path: Path, saved: dict[str, Any]) -
     state.start_epoch = epoch
     state.step = int(saved["step"])
     state.baseline_fit = state.suite.fit_from_checkpoint(saved, state.config.training.loss)
+    if saved.get("position_weights") is not None:  # the weights the run trained with, whatever this code would compute
+        state.position_weights = torch.tensor(saved["position_weights"], dtype=DTYPES[state.config.dtype],
+                                              device=state.device)
     # checkpoints written before ``sequences`` was stored: every epoch trains on all its n_train sequences
     state.sequences = int(saved.get("sequences", epoch * EpochPlan.from_config(state.config).n_train))
 
@@ -282,23 +290,25 @@ def check_training_target(config: Config) -> None:
 POSITION_WEIGHT_SEQUENCES = 16384
 
 
-def position_weights(config: Config, task: TaskFamily, suite: BaselineSuite) -> torch.Tensor | None:
+def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
     """``[P]`` loss weights of the read-out positions, mean 1; None for ``training.position_weights: uniform``.
 
     ``inverse_reference``: 1 / the reference predictor's risk at each position on the training target
     (observed, or its conditional mean), measured on training-distribution sequences of the stacking stream,
-    so every rank and every resume computes the same weights. A position's weight does not depend on the
-    sequence, so the minimiser at every position is unchanged; what changes is that positions whose error is
-    mostly irreducible (few pairs seen) no longer dominate the gradient.
+    so every rank computes the same weights (a checkpoint stores them: a resume keeps the run's own). A
+    position's weight does not depend on the sequence, so the minimiser at every position is unchanged; what
+    changes is that positions whose error is mostly irreducible (few pairs seen) no longer dominate the gradient.
     """
     if config.training.position_weights == "uniform":
         return None
-    batch = task.sample(POSITION_WEIGHT_SEQUENCES, make_generator(stream_seed(config.seed, STACKING_STREAM), task.device))
-    several = batch.targets.dim() == 2 and batch.targets.shape[1] > 1
+    probe = task.sample(1, make_generator(0, task.device)).targets
+    suite = suite_for(task)  # its own: the reference's memo of this batch stays out of the run's suite
+    several = probe.dim() == 2 and probe.shape[1] > 1
     reference = suite.predictors(None).get(suite.reference_name()) if several else None
     if reference is None:
         raise ConfigError(f"training.position_weights inverse_reference: data.task {config.data.task} has no "
                           f"fit-free reference predictor over several read-out positions")
+    batch = task.sample(POSITION_WEIGHT_SEQUENCES, make_generator(stream_seed(config.seed, STACKING_STREAM), task.device))
     target = task.conditional_mean(batch) if config.training.target == "conditional_mean" else batch.targets
     risk = pointwise_loss(reference(batch).double(), target.double(), config.training.loss).mean(0)  # [P]
     inverse = 1.0 / risk.clamp_min(1e-12)
@@ -366,7 +376,7 @@ def epoch_record(state: TrainState, epoch: int, train_loss: float, test_b, basel
         "lr": state.opt.param_groups[0]["lr"],
         "train_loss": train_loss,
         **({"train_target": "conditional_mean"} if state.config.training.target == "conditional_mean" else {}),
-        **({"train_position_weights": "inverse_reference"} if state.position_weights is not None else {}),
+        **({"train_position_weights": state.position_weights.tolist()} if state.position_weights is not None else {}),
         **split_losses(state, test_b, baselines),
     }
 
