@@ -73,6 +73,30 @@ def test_two_gloo_ranks_match_one_process_and_resume(one_process, tmp_path):
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["epoch_000002", "epoch_000003"]
 
 
+RAW_WEIGHTED = ["data.train_samp_per_class=1000", "training.epochs=2", "training.batch_size=64", "model.n_embd=32",
+                "model.n_layer=1", "eval.temperature_sequences=200", "training.position_weights=inverse_reference",
+                "training.target=conditional_mean"]
+
+
+def test_two_gloo_ranks_train_the_weighted_noise_free_raw_loss_like_one_process(tmp_path):
+    """Position weights and the conditional-mean target on a raw-data task: each rank computes the same weights,
+    and the gradient average over ranks is still the weighted global mean."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_config("mixed_noise_cpu", RAW_WEIGHTED), tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    res = selectlens("train", "--config", "mixed_noise_cpu", "--nproc", "2", "--out", str(tmp_path / "ddp"), "--quiet",
+                     *[a for o in RAW_WEIGHTED for a in ("--set", o)])
+    assert res.returncode == 0, res.stderr
+    one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "ddp" / "metrics.jsonl")
+    _close(two, one, 1e-4)
+    assert two[-1]["train_position_weights"] == one[-1]["train_position_weights"]
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
