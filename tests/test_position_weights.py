@@ -129,3 +129,91 @@ def test_the_curve_plot_shows_the_train_loss_only_on_the_test_losss_scale(extra,
     plt.close(fig)
     assert "model (test)" in labels
     assert [lab for lab in labels if lab.startswith("model (train")] == ([train_label] if train_label else [])
+
+
+PER_TYPE = "training.position_weights=inverse_reference_per_type"
+
+
+def _ridge_risk_on_signs(d: int, n_max: int, lam: float, draws: int = 20000) -> np.ndarray:
+    """Per prefix n, the squared error of ridge (λ, no intercept) fitted to sign labels y = sign(xᵀw), against
+    the next label: what a one-σ Bayes mixture (ridge at λ = dσ²) scores on classification sequences."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((draws, n_max, d))
+    w = rng.standard_normal((draws, d))
+    y = np.where(np.einsum("bnd,bd->bn", x, w) >= 0, 1.0, -1.0)
+    out = []
+    for n in range(n_max):
+        xtx = np.einsum("bni,bnj->bij", x[:, :n], x[:, :n]) + lam * np.eye(d)
+        coef = np.linalg.solve(xtx, np.einsum("bni,bn->bi", x[:, :n], y[:, :n])[..., None])[..., 0]
+        out.append(((np.einsum("bi,bi->b", x[:, n], coef) - y[:, n]) ** 2).mean())
+    return np.array(out)
+
+
+def test_per_type_weights_follow_each_types_own_reference_risk():
+    """linear_or_logistic with one σ: the reference (the Bayes mixture) is ridge at λ = dσ² on every sequence.
+    On regression sequences its risk against E[y | x, w] is the posterior risk's closed form; on classification
+    ones, ridge on sign labels (numpy, own draws). Each type's weights are 1 / its own risk, scaled to mean 1
+    over the training distribution (p_regression of the sequences regression)."""
+    sigma, d, n, p = 0.3, 4, 8, 0.7
+    cfg = load_config("linear_or_logistic_cpu", [f"data.d_d={d}", f"data.N={n}", f"data.noise_levels=[{sigma}]",
+                                                 f"data.p_regression={p}", "training.target=conditional_mean", PER_TYPE])
+    weights = position_weights(cfg, make_task(cfg)).double().numpy()
+    assert weights.shape == (2, n)
+    inverse = 1 / np.stack([_posterior_risk(d, n, sigma), _ridge_risk_on_signs(d, n, d * sigma**2)])
+    expected = inverse / (p * inverse[0].mean() + (1 - p) * inverse[1].mean())
+    np.testing.assert_allclose(weights, expected, rtol=0.06)
+    assert weights[0, -1] > 5 * weights[1, -1]  # late regression positions carry the gradient, not the signs
+
+
+def test_per_type_weights_need_a_family_with_types():
+    cfg = load_config("mixed_noise_cpu", [PER_TYPE])
+    with pytest.raises(ConfigError, match="one type of sequence"):
+        position_weights(cfg, make_task(cfg))
+
+
+def test_a_per_sequence_weighted_loss_is_the_weighted_mean_of_squared_errors():
+    cfg = load_config("linear_or_logistic_cpu", TINY)
+    torch.manual_seed(0)
+    model, task = build_model(cfg), make_task(cfg)
+    batch = task.sample(50, make_generator(1))
+    weights = torch.rand(50, cfg.data.N, generator=torch.Generator().manual_seed(2)) * 2
+    with torch.no_grad():
+        pred = model(batch.tokens).raw[:, task.readout].double().numpy()
+        got = batch_loss(model, batch.tokens, batch.target, task.readout, "mse", "all", weights).item()
+    err = (pred - batch.target.double().numpy()) ** 2
+    assert got == pytest.approx((err * weights.double().numpy()).mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        batch_loss(model, batch.tokens, batch.target, task.readout, "mse", "all", weights[:, :-1])
+
+
+def test_training_steps_weigh_each_sequence_by_its_type(tmp_path, monkeypatch):
+    """Every step's weights are per sequence: the classification row where the tokens' labels are all ±1 (what
+    the model reads), the regression row elsewhere; the record and the checkpoint keep the [2, P] table."""
+    seen = []
+
+    def spy(model, tokens, target, readout, kind, positions, weights):
+        seen.append((tokens[:, 1:, -1].clone(), weights))
+        return real(model, tokens, target, readout, kind, positions, weights)
+
+    real = loop.batch_loss
+    monkeypatch.setattr(loop, "batch_loss", spy)
+    cfg = load_config("linear_or_logistic_cpu", TINY + [PER_TYPE, "training.target=conditional_mean"])
+    train(cfg, tmp_path / "run", progress=False)
+    table = position_weights(cfg, make_task(cfg))
+    assert len(seen) == 9
+    for labels, weights in seen:
+        signs = (labels.abs() == 1).all(dim=1)  # classification sequences, as the prefix shows them
+        assert weights.shape == (labels.shape[0], cfg.data.N) and signs.any() and (~signs).any()
+        assert torch.equal(weights[signs], table[1].expand(int(signs.sum()), -1))
+        assert torch.equal(weights[~signs], table[0].expand(int((~signs).sum()), -1))
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    np.testing.assert_allclose(record["train_position_weights"], table.double().numpy(), rtol=1e-6)
+
+
+def test_per_type_weighted_training_resumes_exactly(tmp_path, monkeypatch):
+    cfg = load_config("linear_or_logistic_cpu", TINY + ["training.epochs=2", PER_TYPE])
+    train(cfg, tmp_path / "whole", progress=False)
+    train(cfg, tmp_path / "split", progress=False, max_minutes=1e-9)
+    monkeypatch.setattr(loop, "POSITION_WEIGHT_SEQUENCES", 64)  # other weights, were they recomputed
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "split" / "model.safetensors").read_bytes()

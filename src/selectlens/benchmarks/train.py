@@ -29,7 +29,7 @@ from selectlens.benchmarks import sync
 from selectlens.benchmarks.reference import original_model, reference_sequences
 from selectlens.config import Config, load_config
 from selectlens.tasks import make_generator, make_task
-from selectlens.train.loop import build_model, loss_fn, make_optimizer, position_weights
+from selectlens.train.loop import build_model, loss_fn, make_optimizer, position_weights, sequence_weights
 
 
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
@@ -51,13 +51,14 @@ class TrainBench:
             import torch._inductor.config
 
             torch._inductor.config.cpp.enable_kernel_profile = True
-        self.loss = loss_fn(config, weights=position_weights(config, self.task))
+        self.loss = loss_fn(config)
+        self.weights = position_weights(config, self.task)
         self.n = config.data.train_samp_per_class
         self.n_train = int(round(config.data.train_prop * self.n))
         self.bs = config.training.batch_size
 
-    def step(self, tokens: torch.Tensor, target: torch.Tensor) -> None:
-        loss = self.loss(self.model, tokens, target)
+    def step(self, tokens: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> None:
+        loss = self.loss(self.model, tokens, target, weights)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -67,34 +68,36 @@ class TrainBench:
         sync(self.device)
         t0 = time.perf_counter()
         batch = self.task.sample(self.n, self.gen)
+        weights = sequence_weights(self.weights, self.task, batch)
         for i in range(0, self.n_train, self.bs):
-            self.step(batch.tokens[i : i + self.bs], batch.target[i : i + self.bs])
+            w = weights if weights is None or weights.dim() == 1 else weights[i : i + self.bs]
+            self.step(batch.tokens[i : i + self.bs], batch.target[i : i + self.bs], w)
         sync(self.device)
         return time.perf_counter() - t0
 
     def full_batch(self):
         batch = self.task.sample(self.bs, self.gen)
-        return batch.tokens, batch.target
+        return batch.tokens, batch.target, sequence_weights(self.weights, self.task, batch)
 
     def flops_per_sequence(self) -> float:
         """Forward + backward FLOPs of one training sequence, counted by ``FlopCounterMode``
         (it counts the matmuls; the fused CPU attention kernel adds ~5% it does not count)."""
         model = build_model(self.config).to(self.device).train()  # eager, untouched by the bench's optimizer
-        tokens, target = self.full_batch()
+        tokens, target, weights = self.full_batch()
         with FlopCounterMode(display=False) as counter:
-            loss_fn(self.config, compiled=False)(model, tokens, target).backward()
+            loss_fn(self.config, compiled=False)(model, tokens, target, weights).backward()
         return counter.get_total_flops() / tokens.shape[0]
 
     def profile_split(self, steps: int = 10) -> dict[str, float]:
         """Fractions of the profiled steps' wall time: matmul kernels, other kernels,
         the optimizer step, and the rest (Python, autograd and dispatcher overhead)."""
-        tokens, target = self.full_batch()
-        self.step(tokens, target)
+        tokens, target, weights = self.full_batch()
+        self.step(tokens, target, weights)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             sync(self.device)
             t0 = time.perf_counter()
             for _ in range(steps):
-                self.step(tokens, target)
+                self.step(tokens, target, weights)
             sync(self.device)
             wall_us = (time.perf_counter() - t0) * 1e6
         return _split(prof.events(), wall_us)
@@ -234,12 +237,12 @@ def step_rate(config: dict, steps: int, warmup: int = 3) -> dict[str, float]:
     from selectlens.config import config_from_dict
 
     bench = TrainBench(config_from_dict(config), torch.device("cpu"))
-    tokens, target = bench.full_batch()
+    tokens, target, weights = bench.full_batch()
     for _ in range(warmup):
-        bench.step(tokens, target)
+        bench.step(tokens, target, weights)
     t0 = time.perf_counter()
     for _ in range(steps):
-        bench.step(tokens, target)
+        bench.step(tokens, target, weights)
     return {"steps_per_s": steps / (time.perf_counter() - t0), "threads": torch.get_num_threads()}
 
 

@@ -16,6 +16,8 @@ A family is a subclass of :class:`TaskFamily` in one module. It declares
 * :meth:`TaskFamily.paired_batches` — two batches differing in one latent for activation patching;
 * :meth:`TaskFamily.conditional_mean` — optionally, the target's mean given the sequence's latents
   (``training.target: conditional_mean`` trains against it; training refuses the option where it is None);
+* :meth:`TaskFamily.sequence_types` — optionally, the type of each sequence where the context reveals it
+  (``training.position_weights: inverse_reference_per_type`` weighs each type's loss by its own risk);
 * ``loss`` / ``metrics`` — the training loss and the metrics eval reports;
 * ``analyses`` — the interpretability sections its report has.
 
@@ -216,6 +218,16 @@ class TaskFamily:
         the label's noise is independent of everything the model sees, the expected loss's minimiser over
         predictors of the prefix stays the same (E[y_i | prefix] = E[E[y_i | x_i, latents] | prefix]); the
         label noise leaves the gradient. Eval always scores the observed target.
+        """
+        return None
+
+    def sequence_types(self, batch: Batch) -> Tensor | None:
+        """``[B]`` int64 type index in ``0 … n_types − 1``, or None where the family has one type of sequence.
+
+        Only for a latent the model can read off the prefix at every read-out position where the types'
+        conditional means differ: a loss weight per (type, position) then leaves every position's minimiser
+        unchanged (``training.position_weights: inverse_reference_per_type``). A latent the prefix does not
+        reveal (a noise level, say) must not be a type: weighting it would tilt the posterior toward it.
         """
         return None
 

@@ -287,6 +287,12 @@ class LinearOrLogisticTask(RawTask):
     name = "linear_or_logistic"
     Data = LinearOrLogisticData
 
+    def sequence_types(self, batch: RawBatch) -> Tensor:
+        """``[B]``: 0 for regression, 1 for classification. The prefix reveals the type from the first label on
+        (a regression label is ±1 with probability 0), and before any label both types' mean is 0 (w's sign is
+        symmetric), so per-type weights keep every position's minimiser."""
+        return (~batch.is_regression).long()
+
     def sample_is_regression(self, batch_size: int, generator: torch.Generator) -> Tensor:
         u = torch.rand(batch_size, generator=generator, device=self.device, dtype=torch.float64)
         return u < self.data.p_regression

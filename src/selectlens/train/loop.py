@@ -76,14 +76,15 @@ def learning_rate(config: Config, step: int, total_steps: int) -> float:
     return t.lr
 
 
-LossFn = Callable[[SelectionTransformer, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[SelectionTransformer, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def batch_loss(model: SelectionTransformer, tokens: torch.Tensor, target: torch.Tensor, readout: slice, kind: str,
                positions: str = "all", weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean training loss of ``model`` on ``tokens [B, T, F]`` against ``target [B, P]`` (or ``[B]``, P = 1)
     at the read-out positions ``readout``: every one (``positions: all``) or the last one (``last``).
-    ``kind``: ``mse``, or ``bce`` (the read-out is a logit). ``weights [P]`` (mean 1) weigh the positions."""
+    ``kind``: ``mse``, or ``bce`` (the read-out is a logit). ``weights`` weigh the positions: ``[P]`` the same
+    for every sequence, ``[B, P]`` per sequence (:func:`sequence_weights`)."""
     raw = model(tokens).raw[:, readout]  # [B, P]
     target = target if target.dim() == 2 else target.unsqueeze(1)
     if positions == "last":
@@ -94,22 +95,22 @@ def batch_loss(model: SelectionTransformer, tokens: torch.Tensor, target: torch.
         loss = (raw - target) ** 2
     if weights is None:
         return loss.mean()
-    if weights.shape != loss.shape[-1:]:
-        raise ValueError(f"position weights {tuple(weights.shape)} do not match the {loss.shape[-1]} read-out positions")
+    if weights.shape not in (loss.shape[-1:], loss.shape):
+        raise ValueError(f"position weights {tuple(weights.shape)} do not match the losses {tuple(loss.shape)}")
     return (loss * weights).mean()
 
 
-def loss_fn(config: Config, *, compiled: bool | None = None, weights: torch.Tensor | None = None) -> LossFn:
-    """The training loss chosen by the config: ``(model, tokens, target) -> scalar``.
+def loss_fn(config: Config, *, compiled: bool | None = None) -> LossFn:
+    """The training loss chosen by the config: ``(model, tokens, target, weights) -> scalar``.
 
     The task says where the model reads out; ``training.loss``, ``training.loss_positions`` and the
-    position ``weights`` (:func:`position_weights`) say how the read-outs are scored. ``compiled``
+    batch's position ``weights`` (:func:`sequence_weights`, None: uniform) say how the read-outs are scored. ``compiled``
     (default: ``training.compile``) wraps it in ``torch.compile``: one inductor graph for forward and
     backward (C++ kernels built with gcc on CPU).
     """
     readout = make_task(config, device="cpu").readout
     kind, positions = config.training.loss, config.training.loss_positions
-    fn: LossFn = lambda model, tokens, target: batch_loss(model, tokens, target, readout, kind, positions, weights)
+    fn: LossFn = lambda model, tokens, target, weights=None: batch_loss(model, tokens, target, readout, kind, positions, weights)
     if config.training.compile if compiled is None else compiled:
         fn = torch.compile(fn, dynamic=False)
     return fn
@@ -146,7 +147,7 @@ class TrainState:
     step: int = 0
     sequences: int = 0  # training sequences actually stepped on, summed over epochs
     weights_restored: bool = False  # resume found stale run-level weights and rewrote them
-    position_weights: torch.Tensor | None = None  # [P] loss weights (training.position_weights), None: uniform
+    position_weights: torch.Tensor | None = None  # [P] or per type [G, P] (training.position_weights), None: uniform
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -178,7 +179,9 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
     check_training_target(config)  # before a --force replaces anything
     task = make_task(config, device=device)
     suite = suite_for(task)
-    weights = position_weights(config, task)  # refuses a family without them before the run dir is touched
+    ckpt = rundir.load_latest_checkpoint(run) if resume else None
+    # refuses a family without them before the run dir is touched; a resume keeps the checkpoint's own
+    weights = None if ckpt is not None and ckpt[2].get("position_weights") is not None else position_weights(config, task)
     if not resume and ctx.is_main:
         rundir.prepare_run_dir(run, config, force=force)
     distributed.init_process_group(ctx, device)
@@ -190,7 +193,6 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
         shuffle_gen=make_generator(stream_seed(config.seed, SHUFFLE_STREAM), "cpu"),
         baseline_fit=None, dist=ctx,
     )
-    ckpt = rundir.load_latest_checkpoint(run) if resume else None
     if resume and ckpt is None and rundir.checkpoint_dirs(run):
         raise rundir.RunDirError(f"{run}: no checkpoint could be loaded")
     if ckpt is not None:
@@ -224,8 +226,9 @@ def _restore(state: TrainState, epoch: int, path: Path, saved: dict[str, Any]) -
 
 
 def train_step(state: TrainState, loss: LossFn, tokens: torch.Tensor, target: torch.Tensor, lr: float,
-               global_batch: int | None = None) -> torch.Tensor:
-    """One optimiser step on ``tokens [b, T, F]``, ``target [b]``; returns the (detached) loss.
+               global_batch: int | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimiser step on ``tokens [b, T, F]``, ``target [b]`` (position ``weights`` ``[P]`` or ``[b, P]``,
+    None: uniform); returns the (detached) loss.
 
     Distributed, ``tokens`` is this rank's share ``b_r`` of a ``global_batch`` of B sequences: the
     loss is scaled by ``P·b_r/B`` so DDP's gradient average is the gradient of the global mean,
@@ -234,7 +237,7 @@ def train_step(state: TrainState, loss: LossFn, tokens: torch.Tensor, target: to
     for g in state.opt.param_groups:
         g["lr"] = lr
     model = state.forward_model if state.forward_model is not None else state.model
-    value = loss(model, tokens, target)
+    value = loss(model, tokens, target, weights)
     global_batch = global_batch or int(tokens.shape[0])
     if state.dist.enabled:
         value = value * (state.dist.world * tokens.shape[0] / global_batch)
@@ -273,16 +276,21 @@ def _curriculum_batches(state: TrainState, plan: EpochPlan):
         size = min(plan.batch_size, plan.n_train - i * plan.batch_size)
         batch, small = state.task.sample_at(size, state.data_gen, *curriculum_point(state))
         mine = distributed.rank_slice(state.dist, torch.arange(size, device=state.device))
-        yield batch.tokens[mine], training_target(state, small)[mine], size
+        yield batch.tokens[mine], training_target(state, small)[mine], None, size  # weights need no curriculum
+
+
+def probe_batch(task: TaskFamily) -> Batch:
+    """One sequence from a generator of its own (the run's random streams are untouched), to ask a family what
+    it defines."""
+    return task.sample(1, make_generator(0, task.device))
 
 
 def check_training_target(config: Config) -> None:
-    """``training.target: conditional_mean`` needs a family that says its labels' mean (probed on one sequence
-    from a generator of its own, so the run's random streams are untouched)."""
+    """``training.target: conditional_mean`` needs a family that says its labels' mean (probed on one sequence)."""
     if config.training.target != "conditional_mean":
         return
     task = make_task(config, device="cpu")
-    if task.conditional_mean(task.sample(1, make_generator(0))) is None:
+    if task.conditional_mean(probe_batch(task)) is None:
         raise ConfigError(f"training.target conditional_mean: data.task {config.data.task} does not define its labels' "
                           f"mean given the latents (TaskFamily.conditional_mean)")
 
@@ -291,28 +299,54 @@ POSITION_WEIGHT_SEQUENCES = 16384
 
 
 def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
-    """``[P]`` loss weights of the read-out positions, mean 1; None for ``training.position_weights: uniform``.
+    """Loss weights of the read-out positions, mean 1 over the training distribution; None for
+    ``training.position_weights: uniform``.
 
-    ``inverse_reference``: 1 / the reference predictor's risk at each position on the training target
-    (observed, or its conditional mean), measured on training-distribution sequences of the stacking stream,
-    so every rank computes the same weights (a checkpoint stores them: a resume keeps the run's own). A
-    position's weight does not depend on the sequence, so the minimiser at every position is unchanged; what
-    changes is that positions whose error is mostly irreducible (few pairs seen) no longer dominate the gradient.
+    ``inverse_reference``: ``[P]``, 1 / the reference predictor's risk at each position on the training target
+    (observed, or its conditional mean). A position's weight does not depend on the sequence, so the minimiser
+    at every position is unchanged; what changes is that positions whose error is mostly irreducible (few
+    pairs seen) no longer dominate the gradient.
+
+    ``inverse_reference_per_type``: ``[G, P]``, the same per type of sequence (:meth:`TaskFamily.sequence_types`,
+    a latent the prefix reveals, so again every position's minimiser is unchanged): a type whose loss is
+    mostly irreducible (classification's sign labels) no longer dominates another's gradient.
+
+    Measured on training-distribution sequences of the stacking stream, so every rank computes the same
+    weights (a checkpoint stores them: a resume keeps the run's own).
     """
-    if config.training.position_weights == "uniform":
+    option = config.training.position_weights
+    if option == "uniform":
         return None
-    probe = task.sample(1, make_generator(0, task.device)).targets
+    probe = probe_batch(task)
     suite = suite_for(task)  # its own: the reference's memo of this batch stays out of the run's suite
-    several = probe.dim() == 2 and probe.shape[1] > 1
+    several = probe.targets.dim() == 2 and probe.targets.shape[1] > 1
     reference = suite.predictors(None).get(suite.reference_name()) if several else None
     if reference is None:
-        raise ConfigError(f"training.position_weights inverse_reference: data.task {config.data.task} has no "
+        raise ConfigError(f"training.position_weights {option}: data.task {config.data.task} has no "
                           f"fit-free reference predictor over several read-out positions")
+    per_type = option == "inverse_reference_per_type"
+    if per_type and task.sequence_types(probe) is None:
+        raise ConfigError(f"training.position_weights {option}: data.task {config.data.task} has one type of "
+                          f"sequence (TaskFamily.sequence_types); use inverse_reference")
     batch = task.sample(POSITION_WEIGHT_SEQUENCES, make_generator(stream_seed(config.seed, STACKING_STREAM), task.device))
     target = task.conditional_mean(batch) if config.training.target == "conditional_mean" else batch.targets
-    risk = pointwise_loss(reference(batch).double(), target.double(), config.training.loss).mean(0)  # [P]
+    loss = pointwise_loss(reference(batch).double(), target.double(), config.training.loss)  # [B, P]
+    types = task.sequence_types(batch) if per_type else torch.zeros(len(batch), dtype=torch.long, device=loss.device)
+    present = torch.unique(types)
+    if per_type and present.tolist() != list(range(int(types.max()) + 1)):
+        raise ConfigError(f"training.position_weights {option}: the {POSITION_WEIGHT_SEQUENCES:,} sequences that "
+                          f"measure the weights hold types {present.tolist()}, not every type 0..{int(types.max())}")
+    risk = torch.stack([loss[types == g].mean(0) for g in present.tolist()])  # [G, P]
     inverse = 1.0 / risk.clamp_min(1e-12)
-    return (inverse / inverse.mean()).to(batch.targets.dtype)
+    inverse = inverse / inverse[types].mean()  # mean 1 over the training sequences and positions
+    return (inverse if per_type else inverse[0]).to(batch.targets.dtype)
+
+
+def sequence_weights(weights: torch.Tensor | None, task: TaskFamily, batch: Batch) -> torch.Tensor | None:
+    """The position weights of ``batch``'s sequences: ``[P]`` as they are, per type ``[G, P]`` → ``[B, P]``."""
+    if weights is None or weights.dim() == 1:
+        return weights
+    return weights[task.sequence_types(batch)]
 
 
 def training_target(state: TrainState, batch: Batch) -> torch.Tensor:
@@ -326,10 +360,11 @@ def training_target(state: TrainState, batch: Batch) -> torch.Tensor:
 def _epoch_batches(state: TrainState, plan: EpochPlan, train_b: Batch):
     order = torch.randperm(plan.n_train, generator=state.shuffle_gen).to(state.device)
     target = training_target(state, train_b)
+    weights = sequence_weights(state.position_weights, state.task, train_b)  # None, [P] or [n_train, P]
     for i in range(plan.steps_per_epoch):
         idx = order[i * plan.batch_size : (i + 1) * plan.batch_size]  # the global batch [B]
         mine = distributed.rank_slice(state.dist, idx)  # this rank's share [b_r]
-        yield train_b.tokens[mine], target[mine], len(idx)
+        yield train_b.tokens[mine], target[mine], (weights if weights is None or weights.dim() == 1 else weights[mine]), len(idx)
 
 
 def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=None):
@@ -346,10 +381,10 @@ def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=
         batches = _curriculum_batches(state, plan)
     state.model.train()
     total = torch.zeros((), device=state.device, dtype=torch.float64)
-    for i, (tokens, target, size) in enumerate(batches):
+    for i, (tokens, target, weights, size) in enumerate(batches):
         lr = learning_rate(state.config, state.step, plan.total_steps)
         try:
-            value = train_step(state, loss, tokens, target, lr, global_batch=size)
+            value = train_step(state, loss, tokens, target, lr, global_batch=size, weights=weights)
         except _NonFiniteLoss:
             raise TrainingError(
                 f"non-finite loss at epoch {epoch + 1} step {i + 1} (global step {state.step + 1}); "
@@ -436,7 +471,7 @@ def train(
     config = state.config
     plan = EpochPlan.from_config(config)
     distributed.check_batches_split(ctx, plan.n_train, plan.batch_size)
-    loss = loss_fn(config, weights=state.position_weights)
+    loss = loss_fn(config)
     baselines = epoch_baselines(state) if ctx.is_main else {}
     sinks = (sinks or MetricSinks.from_config(config, run)) if ctx.is_main else None
     started = time.monotonic()
