@@ -130,6 +130,15 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in esc[1:])]
 
 
+def source_command(run: Path, eval_flags: str = "") -> str:
+    """What made a run's results: a kept record's own command (``scripts/keep_run.py``: train, then eval),
+    else the eval of the run directory."""
+    record = run / "record.json"
+    if record.is_file():
+        return _read_json(record)["command"]
+    return f"selectlens eval --run {shlex.quote(str(run))}{eval_flags}"
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -154,7 +163,7 @@ def view_eval(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str
             paired = "" if r["diff"] is None else (
                 f"{_f(r['diff'], '+.5f')} {_ci(*r['diff_ci'], '+.5f')} {_verdict(*r['diff_ci'])}")
             rows.append(([src.name] if many else []) + [name, r["sees"], f"{_f(r['loss'])} {_ci(*r['ci'])}", paired])
-    cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))} --sequences {ev['sequences']}" for s, ev in evals)
+    cmds = "; ".join(source_command(s, f" --sequences {ev['sequences']}") for s, ev in evals)
     return _table(head, rows), cmds, _run_devices(sources)
 
 
@@ -184,7 +193,7 @@ def view_excess(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
     head = (["run"] if len(sources) > 1 else []) + [
         "group", "n", "model MSE [95% CI]", "reference MSE", "model − reference [paired 95% CI]",
         "best single-λ ridge − reference", "selection shown", "(model − reference)/reference [95% CI]"]
-    cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))}" for s in sources)
+    cmds = "; ".join(source_command(s) for s in sources)
     return _table(head, rows), cmds, _run_devices(sources)
 
 
@@ -458,7 +467,7 @@ def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
         else:  # one run of its own
             one = recipe_run(src)
             devices.append(one["config"].get("device", "?"))
-            cmds.append(f"selectlens eval --run {shlex.quote(str(src))}")
+            cmds.append(source_command(src))
             arm = re.sub(r"_s\d+$", "", src.name)  # runs/NAME_s0, runs/NAME_s1, … are the seeds of one row
             row = books.setdefault("", {}).setdefault((arm, _change(one["config"], preset)), [])
             if any(r["config"]["seed"] == one["config"]["seed"] for r in row):
@@ -513,7 +522,7 @@ def view_vs_oracle(sources: list[Path], opts: dict[str, str]) -> tuple[list[str]
                     g, metric, str(n), f"{_f(model['mean'][i], '.4f')} {_ci(model['ci_low'][i], model['ci_high'][i], '.4f')}",
                     f"{_f(ref['mean'][i], '.4f')} {_ci(ref['ci_low'][i], ref['ci_high'][i], '.4f')}",
                     _ratio_cell(model["mean"][i], ref["mean"][i], ratio, i)])
-    cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))}" for s in sources)
+    cmds = "; ".join(source_command(s) for s in sources)
     return _table(head, rows), cmds, _run_devices(sources)
 
 
@@ -569,7 +578,7 @@ def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[l
             k = len(seeds)
             rows.append([g[6:], str(n), _f(sum(mix) / k, ".4f"), _f(sum(one) / k, ".4f"), _f(sum(oracle) / k, ".4f"),
                          f"{m:+.3f} {_ci(lo, hi, '+.3f')}", ",".join(map(str, seeds))])
-    cmds = "; ".join(f"selectlens eval --run {shlex.quote(str(s))}" for s in sources)
+    cmds = "; ".join(source_command(s) for s in sources)
     return _table(head, rows), cmds, _run_devices(sources)
 
 

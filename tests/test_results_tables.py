@@ -404,3 +404,64 @@ def test_mixture_vs_single_table_pairs_seeds_per_sigma(tmp_path):
         assert _numbers(r[5]) == pytest.approx([mean, mean - half, mean + half], abs=6e-4) and r[6] == "0,1"
     res = _run_script(page, "--table", "tm", *map(str, runs[:2]))
     assert res.returncode == 2 and "needs runs trained on the σ mixture and runs trained on one σ" in res.stderr
+
+
+KEEP = ROOT / "scripts" / "keep_run.py"
+
+
+def _keep(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(KEEP), *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+def test_a_kept_record_rebuilds_its_config_and_makes_the_same_table(small_run, tmp_path):
+    """scripts/keep_run.py: the record holds the run's files byte for byte; its command's flags load back to the
+    run's config; a table made from the record equals the run's and names that command."""
+    import shlex
+
+    from selectlens.config import load_config
+
+    res = _keep(small_run, "--to", tmp_path / "records")
+    assert res.returncode == 0, res.stderr
+    record = tmp_path / "records" / small_run.name
+    for name in ("config.json", "eval.json", "metrics.jsonl", "timing.jsonl"):
+        assert (record / name).read_bytes() == (small_run / name).read_bytes()
+    assert not (record / "model.safetensors").exists()
+    command = json.loads((record / "record.json").read_text())["command"]
+    train = shlex.split(command.split(" && ")[0])
+    assert train[:4] == ["selectlens", "train", "--config", "default"]
+    sets = [train[i + 1] for i, a in enumerate(train) if a == "--set"]
+    seed = train[train.index("--seed") + 1]
+    rebuilt = load_config("default", sets + [f"seed={seed}"]).model_dump(mode="json")
+    stored = json.loads((small_run / "config.json").read_text())
+    for section in ("data", "model", "training", "eval"):
+        assert rebuilt[section] == stored[section]
+    assert int(seed) == stored["seed"] and len(sets) >= len(TINY_RUN) - 1  # epochs etc. differ from the preset
+    tables = []
+    for src in (small_run, record):
+        page = tmp_path / f"{src.parent.name}.md"
+        page.write_text(_page(tmp_path, "default view=eval"))
+        res = _run_script(page, "--table", "default", str(src), "--machine", "m")
+        assert res.returncode == 0, res.stderr
+        tables.append(_rows(page.read_text(), "default"))
+    assert tables[0] == tables[1]
+    assert command in page.read_text()
+
+
+def test_keep_run_refuses_without_eval_and_never_overwrites(small_run, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_bytes((small_run / "config.json").read_bytes())
+    res = _keep(bare, "--to", tmp_path / "records")
+    assert res.returncode == 2 and res.stderr.startswith("error:") and "eval.json" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "records" / "bare").exists()
+    assert _keep(small_run, "--to", tmp_path / "records").returncode == 0
+    kept = tmp_path / "records" / small_run.name / "eval.json"
+    kept.write_text("{}")
+    res = _keep(small_run, "--to", tmp_path / "records")
+    assert res.returncode == 2 and "exists" in res.stderr and kept.read_text() == "{}"
+    assert _keep(small_run, "--to", tmp_path / "records", "--force").returncode == 0
+    assert kept.read_bytes() == (small_run / "eval.json").read_bytes()

@@ -1,0 +1,123 @@
+"""Keep a finished run's results in the repository: its small files under ``records/NAME/``.
+
+A run directory's weights and checkpoints stay where they are (``runs/`` is not committed); what the
+docs' tables read — ``config.json``, ``eval.json``, ``eval.md``, ``metrics.jsonl``, ``timing.jsonl`` —
+is copied, with ``record.json`` saying where it came from and the command that made it. A record is a
+run directory for ``scripts/results_tables.py`` (every run view reads only those files), so a table
+made from records can be regenerated on any clone, long after the run's machine is gone.
+
+Usage::
+
+    python scripts/keep_run.py runs/mixed_noise_cpu_s0 runs/mixed_noise_cpu_s1   # → records/NAME/
+    python scripts/keep_run.py runs/x --preset mixed_noise_cpu --to records      # the preset its command names
+
+The command is rebuilt from the run's config: ``selectlens train --config PRESET --seed S --set …`` with
+one ``--set`` per key where the run differs from the preset (``--preset``, default the run's
+``wandb.name``), checked by loading it back, then ``selectlens eval``. A run without ``eval.json`` is
+refused, and so is a record that exists (``--force`` replaces it, atomically per file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+FILES = ("config.json", "eval.json", "eval.md", "metrics.jsonl", "timing.jsonl")
+NAMING = {"out_dir", "wandb"}  # where a run is written and what it is called: not part of its recipe
+FLAGS = ("seed", "device")  # keys `selectlens train` takes as flags
+
+
+class KeepError(Exception):
+    """A run or record the script cannot use; printed as one ``error:`` line."""
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and prefix + key not in ("training.curriculum",):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _value(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _shaping(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened keys that shape a run (not where it is written or what it is called)."""
+    return {k: v for k, v in _flat(config).items() if k.split(".")[0] not in NAMING}
+
+
+def train_command(config: dict[str, Any], preset: str, out: str) -> str:
+    """``selectlens train …`` that rebuilds ``config`` from ``preset`` (checked by loading it back)."""
+    from selectlens.config import ConfigError, load_config
+
+    try:
+        base = _shaping(load_config(preset).model_dump(mode="json"))
+        want = _shaping(config)
+        sets = [f"{k}={_value(v)}" for k, v in want.items() if k not in FLAGS and base.get(k, object()) != v]
+        rebuilt = _shaping(load_config(preset, sets + [f"{k}={_value(config[k])}" for k in FLAGS]).model_dump(mode="json"))
+    except ConfigError as err:
+        raise KeepError(f"--preset {preset}: {err}") from None
+    if rebuilt != want:
+        raise KeepError(f"the run's config cannot be rebuilt from preset {preset} with --set overrides")
+    parts = ["selectlens", "train", "--config", preset]
+    for k in FLAGS:
+        if k == "seed" or base[k] != want[k]:
+            parts += [f"--{k}", str(config[k])]
+    for s in sets:
+        parts += ["--set", s]
+    return shlex.join(parts + ["--out", out])
+
+
+def keep(run: Path, to: Path, preset: str | None, force: bool) -> Path:
+    """Copy ``run``'s small files into ``to/run.name`` with its ``record.json``; returns the record."""
+    from selectlens.fileio import atomic_write
+
+    if not (run / "config.json").is_file():
+        raise KeepError(f"{run}: not a run directory (no config.json)")
+    if not (run / "eval.json").is_file():
+        raise KeepError(f"{run}: no eval.json (run `selectlens eval --run {run}` first)")
+    record = to / run.name
+    if record.exists() and not force:
+        raise KeepError(f"{record} exists (--force replaces it)")
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    preset = preset or config.get("wandb", {}).get("name")
+    if not preset:
+        raise KeepError(f"{run}: its config names no preset (give --preset)")
+    out = f"runs/{run.name}"
+    command = f"{train_command(config, preset, out)} && selectlens eval --run {shlex.quote(out)}"
+    record.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        if (run / name).is_file():
+            atomic_write(record / name, (run / name).read_bytes())
+    meta = {"from": str(run), "preset": preset, "command": command}
+    atomic_write(record / "record.json", (json.dumps(meta, indent=1) + "\n").encode())
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="finished run directories (with eval.json)")
+    p.add_argument("--to", type=Path, default=Path("records"), help="where records go (default: records/)")
+    p.add_argument("--preset", default=None, help="the preset the command starts from (default: the run's wandb.name)")
+    p.add_argument("--force", action="store_true", help="replace an existing record")
+    a = p.parse_args(argv)
+    try:
+        for run in a.runs:
+            print(keep(run, a.to, a.preset, a.force))
+    except (KeepError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
