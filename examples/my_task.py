@@ -33,6 +33,12 @@ class LaplaceNoiseTask(RawTask):
         laplace = -torch.sign(u) * torch.log1p(-2 * u.abs()) / math.sqrt(2)
         return super().build(x, w, laplace, sigma, is_regression)
 
+    def conditional_mean(self, batch: RawBatch) -> Tensor:
+        """``[B, N]``: E[y | x, w] = xᵀw/√d (the Laplace noise has mean 0), so ``training.target:
+        conditional_mean`` (the presets' target) applies. A family that makes its own labels says their mean
+        itself; training refuses the option for one that does not."""
+        return (batch.x @ batch.w.unsqueeze(-1)).squeeze(-1) / math.sqrt(batch.x.shape[-1])
+
 
 if __name__ == "__main__":
     from selectlens.config import load_config

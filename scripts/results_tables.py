@@ -244,7 +244,8 @@ def bench_command(result: dict[str, Any]) -> str:
         preset = result.get("config", "default")
         args = [] if preset == "default" else ["--config", preset]
         recorded = {"data.train_samp_per_class": result["sequences_per_epoch"], "training.batch_size": result["batch_size"]}
-        recorded |= {k: result[f] for k, f in (("data.layout", "layout"), ("model.n_embd", "n_embd"), ("model.n_layer", "n_layer"))
+        recorded |= {k: result[f] for k, f in (("data.layout", "layout"), ("model.n_embd", "n_embd"), ("model.n_layer", "n_layer"),
+                                               ("training.target", "target"), ("training.position_weights", "position_weights"))
                      if f in result}
         args += _recorded_overrides(preset, recorded)
         args += ["--set", "training.compile=true"] * bool(result["compile"])
@@ -311,7 +312,8 @@ def view_efficiency(sources: list[Path], opts: dict[str, str]) -> tuple[list[str
         cmds.append(bench_command(r))
         step = ("torch.compile" if r["compile"] else "eager") + (", fused Adam" if r["fused_adam"] else ", for-loop Adam")
         if r.get("config", "default") != "default":
-            step = f"{r['config']} ({r.get('layout', '')} layout, width {r.get('n_embd', '?')}, batch {r['batch_size']}): {step}"
+            loss = f", {r['target']} target, {r['position_weights']} positions" if "target" in r else ""
+            step = f"{r['config']} ({r.get('layout', '')} layout, width {r.get('n_embd', '?')}, batch {r['batch_size']}{loss}): {step}"
         profile = " / ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in r["profile"].items())
         rows.append([step, f"{r['ours_seq_per_s']:,.0f}", f"{r['flops_per_sequence'] / 1e6:.2f}",
                      f"{r['achieved_gflops']:.1f}", f"{r['matmul_gflops']:.1f}", f"{r['matmul_fraction']:.1%}", profile])

@@ -10,19 +10,23 @@ from selectlens.config import ConfigError, load_config
 from selectlens.tasks import make_generator, make_task
 from selectlens.train import train
 
+# the presets weigh positions, which needs every position at full size: a curriculum trains unweighted
 CUR = "training.curriculum={d_start: 2, d_inc: 1, n_start: 4, n_inc: 5, every: 7}"
+UNIFORM = "training.position_weights=uniform"
 TINY = ["data.train_samp_per_class=400", "training.batch_size=64", "model.n_embd=32", "model.n_layer=2",
-        "eval.temperature_sequences=200", "training.save_every_epochs=1", CUR]
+        "eval.temperature_sequences=200", "training.save_every_epochs=1", CUR, UNIFORM]
 
 
 def test_point_schedule_and_refusals():
-    cfg = load_config("mixed_noise_cpu", [CUR])
+    cfg = load_config("mixed_noise_cpu", [CUR, UNIFORM])
     cur = cfg.training.curriculum
     assert [cur.point(s, 5, 20) for s in (0, 6, 7, 14, 21, 70)] == [(2, 4), (2, 4), (3, 9), (4, 14), (5, 19), (5, 20)]
     with pytest.raises(ConfigError, match="curriculum applies to the raw-data tasks"):
         load_config("default", [CUR])
     with pytest.raises(ConfigError, match="beyond the task's"):
-        load_config("mixed_noise_cpu", ["training.curriculum={d_start: 9, n_start: 4, every: 7}"])
+        load_config("mixed_noise_cpu", ["training.curriculum={d_start: 9, n_start: 4, every: 7}", UNIFORM])
+    with pytest.raises(ConfigError, match="position_weights=uniform"):  # the preset's weights: the fix is named
+        load_config("mixed_noise_cpu", [CUR])
 
 
 def test_sample_at_pads_the_reduced_problem():

@@ -48,7 +48,7 @@ def test_inverse_reference_weights_follow_the_posterior_risk(target):
 
 
 def test_uniform_means_no_weights():
-    cfg = load_config("mixed_noise_cpu")
+    cfg = load_config("mixed_noise_cpu", ["training.position_weights=uniform"])
     task = make_task(cfg)
     assert cfg.training.position_weights == "uniform" and position_weights(cfg, task) is None
 

@@ -17,7 +17,8 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "pre_protocol" / "refer
 TINY = ["data.train_samp_per_class=600", "training.epochs=2", "training.batch_size=64", "eval.sequences=1000",
         "eval.temperature_sequences=200", "model.n_embd=32", "training.save_every_epochs=1"]
 # The raw presets' recipe changed since (issue 17: docs/results.md#recipe); their values at eccbc1f, pinned here.
-OLD_RAW_PRESET = ["data.layout=interleaved", "training.lr=0.0003", "training.warmup_steps=200"]
+OLD_RAW_PRESET = ["data.layout=interleaved", "training.lr=0.0003", "training.warmup_steps=200",
+                  "training.target=observed", "training.position_weights=uniform"]
 PINNED = {"mixed_noise_cpu": OLD_RAW_PRESET, "linear_or_logistic_cpu": OLD_RAW_PRESET}
 # The old selection evaluator squared float32 differences, the raw one float64; both now use float64.
 REL = 1e-6

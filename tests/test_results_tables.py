@@ -252,9 +252,10 @@ def test_recipe_table_reads_plain_runs_as_one_row_per_configuration(tmp_path):
     """Runs from `selectlens train` + `eval` (no ablation.json): NAME_s0, NAME_s1, … are one row, the same
     row the ablation book gives for those runs; a run with another configuration is a row of its own."""
     src = tmp_path / "ablation"
+    before = ["training.target=observed", "training.position_weights=uniform"]  # what runs of then trained with
     for s in range(3):
-        _fake_ablation_run(src / f"arm_s{s}", s, "bayes" if s != 1 else "zeros")
-    _fake_ablation_run(tmp_path / "other_s0", 0, "bayes", "training.lr=0.001")
+        _fake_ablation_run(src / f"arm_s{s}", s, "bayes" if s != 1 else "zeros", *before)
+    _fake_ablation_run(tmp_path / "other_s0", 0, "bayes", "training.lr=0.001", *before)
     old = json.loads((src / "arm_s1" / "config.json").read_text())  # written before training.target existed
     del old["training"]["target"]
     (src / "arm_s1" / "config.json").write_text(json.dumps(old))
@@ -267,7 +268,7 @@ def test_recipe_table_reads_plain_runs_as_one_row_per_configuration(tmp_path):
     text = page.read_text()
     [book_row], plain = _rows(text, "a"), _rows(text, "b")
     assert [r[0] for r in plain] == ["arm", "other"] and plain[0][1:] == book_row[1:] and plain[0][3] == "2/3"
-    assert plain[1][1] == "lr=0.001" and plain[1][3] == "1/1"
+    assert plain[1][1] == "lr=0.001, target=observed, position_weights=uniform" and plain[1][3] == "1/1"
     assert "selectlens eval --run" in text.split("table: b")[1]
     res = _run_script(page, "--table", "b", str(src / "arm_s0"), str(src / "arm_s0"))  # one seed twice
     assert res.returncode == 2 and "seed 0" in res.stderr and res.stderr.count("\n") == 1
@@ -465,3 +466,19 @@ def test_keep_run_refuses_without_eval_and_never_overwrites(small_run, tmp_path)
     assert res.returncode == 2 and "exists" in res.stderr and kept.read_text() == "{}"
     assert _keep(small_run, "--to", tmp_path / "records", "--force").returncode == 0
     assert kept.read_bytes() == (small_run / "eval.json").read_bytes()
+
+
+def test_a_train_bench_row_names_the_loss_it_measured():
+    """bench train records the target and the position weights; the command a table prints rebuilds them
+    (only where they differ from the preset) and the row says which loss it timed."""
+    mod = _script()
+    result = {"config": "mixed_noise_cpu", "device": "cpu", "compile": False, "fused_adam": False,
+              "sequences_per_epoch": 20000, "batch_size": 512, "layout": "per_example", "n_embd": 128, "n_layer": 4,
+              "reference_sequences": 0, "flops_per_sequence": 1.0, "target": "observed", "position_weights": "uniform"}
+    cmd = mod.bench_command(result)
+    assert "training.target=observed" in cmd and "training.position_weights=uniform" in cmd
+    from selectlens.config import load_config
+
+    preset = load_config("mixed_noise_cpu").training
+    same = mod.bench_command(result | {"target": preset.target, "position_weights": preset.position_weights})
+    assert "training.target" not in same and "training.position_weights" not in same

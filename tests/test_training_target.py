@@ -13,7 +13,8 @@ from selectlens.tasks import make_generator, make_task
 from selectlens.train import train
 
 TINY = ["data.train_samp_per_class=2000", "training.batch_size=200", "model.n_embd=32", "model.n_layer=1",
-        "model.n_head=2", "eval.temperature_sequences=200", "training.epochs=1", "training.save_every_epochs=1"]
+        "model.n_head=2", "eval.temperature_sequences=200", "training.epochs=1", "training.save_every_epochs=1",
+        "training.position_weights=uniform"]  # the train losses compared below are plain means
 
 
 def test_conditional_mean_is_the_noise_free_label():
@@ -80,9 +81,15 @@ def test_a_family_with_its_own_labels_must_say_their_mean(tmp_path, monkeypatch)
     is refused in one line before anything is written."""
     from conftest import ROOT, run_cli
 
-    monkeypatch.setenv("PYTHONPATH", str(ROOT / "examples"))
-    run = tmp_path / "laplace"
-    res = run_cli("train", "--config", "mixed_noise_cpu", "--set", "data.task=my_task:LaplaceNoiseTask",
+    (tmp_path / "own_labels.py").write_text(
+        "from selectlens.tasks.raw import RawTask\n"
+        "class ScaledLabels(RawTask):\n"
+        "    name = 'scaled_labels'\n"
+        "    def build(self, x, w, z, sigma, is_regression):\n"
+        "        return super().build(x, w, 2 * z, sigma, is_regression)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    run = tmp_path / "scaled"
+    res = run_cli("train", "--config", "mixed_noise_cpu", "--set", "data.task=own_labels:ScaledLabels",
                   "--set", "training.target=conditional_mean", "--out", str(run), cwd=ROOT)
     assert res.returncode != 0 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
     assert "does not define its labels' mean" in res.stderr and not run.exists()
@@ -95,7 +102,7 @@ def test_conditional_mean_target_trains_and_resumes_exactly(tmp_path):
     train(cfg, tmp_path / "split", progress=False, max_minutes=1e-9)
     train(cfg, tmp_path / "split", resume=True, progress=False)
     assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "split" / "model.safetensors").read_bytes()
-    observed = load_config("mixed_noise_cpu", TINY + ["training.epochs=3"])
+    observed = load_config("mixed_noise_cpu", TINY + ["training.epochs=3", "training.target=observed"])
     train(observed, tmp_path / "observed", progress=False)
     a = torch.tensor([r["train_loss"] for r in _records(tmp_path / "whole")])
     b = torch.tensor([r["train_loss"] for r in _records(tmp_path / "observed")])

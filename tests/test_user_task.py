@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,8 @@ def test_user_task_noise_is_laplace(examples_on_path):
     kurtosis = ((resid - resid.mean()) ** 4).mean() / var**2
     assert abs(float(var) - 1.0) < 0.02  # unit variance, like the Gaussian task
     assert abs(float(kurtosis) - 6.0) < 0.3  # Laplace: kurtosis 6 (a Gaussian has 3)
+    clean = np.einsum("bnd,bd->bn", batch.x.double().numpy(), batch.w.double().numpy()) / cfg.data.d_d ** 0.5
+    np.testing.assert_allclose(task.conditional_mean(batch).double().numpy(), clean, rtol=1e-5, atol=1e-6)
 
 
 def test_user_task_trains_evaluates_and_reports(examples_on_path, tmp_path):

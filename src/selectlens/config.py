@@ -265,7 +265,8 @@ class TrainingConfig(_Section):
     @model_validator(mode="after")
     def _weights_need_every_position(self) -> "TrainingConfig":
         if self.position_weights != "uniform" and (self.loss_positions != "all" or self.curriculum is not None):
-            raise ValueError(f"position_weights {self.position_weights} needs loss_positions all and no curriculum")
+            raise ValueError(f"position_weights {self.position_weights} needs loss_positions all and no curriculum "
+                             f"(set training.position_weights=uniform to train without the weights)")
         return self
 
     @field_validator("lr")

@@ -192,6 +192,8 @@ def bench_train(config: Config | None = None, *, device: str = "cpu", reference_
         "torch_threads": torch.get_num_threads(),
         "compile": cfg.training.compile,
         "fused_adam": cfg.training.fused_adam,
+        "target": cfg.training.target,
+        "position_weights": cfg.training.position_weights,
         "sequences_per_epoch": n,
         "train_sequences_per_epoch": bench.n_train,
         "batch_size": cfg.training.batch_size,
