@@ -482,3 +482,27 @@ def test_a_train_bench_row_names_the_loss_it_measured():
     preset = load_config("mixed_noise_cpu").training
     same = mod.bench_command(result | {"target": preset.target, "position_weights": preset.position_weights})
     assert "training.target" not in same and "training.position_weights" not in same
+
+
+def _kept_regions():
+    """(page, the footer's regenerate arguments) for every docs table made from committed sources only."""
+    import shlex
+
+    out = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for cmd in re.findall(r"Regenerate: `(python scripts/results_tables\.py [^`]*)`", page.read_text()):
+            args = shlex.split(cmd)[2:]
+            sources = args[3 : args.index("--machine") if "--machine" in args else len(args)]
+            if sources and all(s.startswith("records/") for s in sources):
+                out.append(args)
+    return out
+
+
+def test_every_table_made_from_records_is_what_its_records_give():
+    """A table whose sources are committed records regenerates to itself on this clone (no hand edits, no
+    record changed under it)."""
+    regions = _kept_regions()
+    assert any(a[0] == "docs/benchmarks.md" for a in regions)  # the preset's benchmark is made from records
+    for args in regions:
+        res = _run_script(args[0], *args[1:], "--check")
+        assert res.returncode == 0, (args[:3], res.stderr)
