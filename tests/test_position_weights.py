@@ -98,10 +98,12 @@ def test_training_steps_on_the_weighted_loss(tmp_path, monkeypatch):
     np.testing.assert_allclose(record["train_position_weights"], expected.double().numpy(), rtol=1e-6)
 
 
-def test_weighted_training_resumes_exactly_with_the_runs_own_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("preset, option", [("mixed_noise_cpu", "training.position_weights=inverse_reference"),
+                                            ("linear_or_logistic_cpu", "training.position_weights=inverse_reference_per_type")])
+def test_weighted_training_resumes_exactly_with_the_runs_own_weights(tmp_path, monkeypatch, preset, option):
     """A resume takes the weights from the checkpoint, not from this code: changing how they are measured
     between the two halves leaves the resumed run bitwise equal to the uninterrupted one."""
-    cfg = load_config("mixed_noise_cpu", TINY + ["training.epochs=3", WEIGHTED])
+    cfg = load_config(preset, TINY + ["training.epochs=3", option])
     train(cfg, tmp_path / "whole", progress=False)
     train(cfg, tmp_path / "split", progress=False, max_minutes=1e-9)
     monkeypatch.setattr(loop, "POSITION_WEIGHT_SEQUENCES", 64)  # other weights, were they recomputed
@@ -208,12 +210,3 @@ def test_training_steps_weigh_each_sequence_by_its_type(tmp_path, monkeypatch):
         assert torch.equal(weights[~signs], table[0].expand(int((~signs).sum()), -1))
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     np.testing.assert_allclose(record["train_position_weights"], table.double().numpy(), rtol=1e-6)
-
-
-def test_per_type_weighted_training_resumes_exactly(tmp_path, monkeypatch):
-    cfg = load_config("linear_or_logistic_cpu", TINY + ["training.epochs=2", PER_TYPE])
-    train(cfg, tmp_path / "whole", progress=False)
-    train(cfg, tmp_path / "split", progress=False, max_minutes=1e-9)
-    monkeypatch.setattr(loop, "POSITION_WEIGHT_SEQUENCES", 64)  # other weights, were they recomputed
-    train(cfg, tmp_path / "split", resume=True, progress=False)
-    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "split" / "model.safetensors").read_bytes()
