@@ -29,7 +29,7 @@ from selectlens.benchmarks import sync
 from selectlens.benchmarks.reference import original_model, reference_sequences
 from selectlens.config import Config, load_config
 from selectlens.tasks import make_generator, make_task
-from selectlens.train.loop import build_model, loss_fn, make_optimizer, position_weights, sequence_weights
+from selectlens.train.loop import build_model, loss_fn, make_optimizer, position_weights, sequence_weights, weight_rows
 
 
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
@@ -70,8 +70,8 @@ class TrainBench:
         batch = self.task.sample(self.n, self.gen)
         weights = sequence_weights(self.weights, self.task, batch)
         for i in range(0, self.n_train, self.bs):
-            w = weights if weights is None or weights.dim() == 1 else weights[i : i + self.bs]
-            self.step(batch.tokens[i : i + self.bs], batch.target[i : i + self.bs], w)
+            rows = slice(i, i + self.bs)
+            self.step(batch.tokens[rows], batch.target[rows], weight_rows(weights, rows))
         sync(self.device)
         return time.perf_counter() - t0
 

@@ -349,6 +349,12 @@ def sequence_weights(weights: torch.Tensor | None, task: TaskFamily, batch: Batc
     return weights[task.sequence_types(batch)]
 
 
+def weight_rows(weights: torch.Tensor | None, rows) -> torch.Tensor | None:
+    """The weights of some of the sequences (an index or a slice): one weight per position (``[P]`` or
+    ``None``) serves every sequence as it is; per-sequence weights ``[B, P]`` are cut to ``rows``."""
+    return weights if weights is None or weights.dim() == 1 else weights[rows]
+
+
 def training_target(state: TrainState, batch: Batch) -> torch.Tensor:
     """What the loss compares the model with: the observed target, or (``training.target:
     conditional_mean``) its mean given the sequence's latents (:meth:`TaskFamily.conditional_mean`)."""
@@ -364,7 +370,7 @@ def _epoch_batches(state: TrainState, plan: EpochPlan, train_b: Batch):
     for i in range(plan.steps_per_epoch):
         idx = order[i * plan.batch_size : (i + 1) * plan.batch_size]  # the global batch [B]
         mine = distributed.rank_slice(state.dist, idx)  # this rank's share [b_r]
-        yield train_b.tokens[mine], target[mine], (weights if weights is None or weights.dim() == 1 else weights[mine]), len(idx)
+        yield train_b.tokens[mine], target[mine], weight_rows(weights, mine), len(idx)
 
 
 def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=None):
