@@ -14,13 +14,17 @@ Usage::
 The command is rebuilt from the run's config: ``selectlens train --config PRESET --seed S --set …`` with
 one ``--set`` per key where the run differs from the preset (``--preset``, default the run's
 ``wandb.name``), checked by loading it back, then ``selectlens eval``. A run without ``eval.json`` is
-refused, and so is a record that exists (``--force`` replaces it, atomically per file).
+refused, and so is a record that exists (``--force`` replaces it, atomically per file). ``record.json``
+also names the machine (``--machine``; by default the one the script runs on, which is the run's own
+when it is kept where it was trained).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shlex
 import sys
 from pathlib import Path
@@ -77,7 +81,24 @@ def train_command(config: dict[str, Any], preset: str, out: str) -> str:
     return shlex.join(parts + ["--out", out])
 
 
-def keep(run: Path, to: Path, preset: str | None, force: bool) -> Path:
+def this_machine() -> str:
+    """One line naming this machine: cores, CPU model and vector instruction set, torch build."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    isa = torch.backends.cpu.get_cpu_capability()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {platform.machine()} CPU ({model}, {isa}), {gpu}; torch {torch.__version__}"
+
+
+def keep(run: Path, to: Path, preset: str | None, force: bool, machine: str | None = None) -> Path:
     """Copy ``run``'s small files into ``to/run.name`` with its ``record.json``; returns the record."""
     from selectlens.fileio import atomic_write
 
@@ -98,7 +119,7 @@ def keep(run: Path, to: Path, preset: str | None, force: bool) -> Path:
     for name in FILES:
         if (run / name).is_file():
             atomic_write(record / name, (run / name).read_bytes())
-    meta = {"from": str(run), "preset": preset, "command": command}
+    meta = {"from": str(run), "preset": preset, "command": command, "machine": machine or this_machine()}
     atomic_write(record / "record.json", (json.dumps(meta, indent=1) + "\n").encode())
     return record
 
@@ -109,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", type=Path, default=Path("records"), help="where records go (default: records/)")
     p.add_argument("--preset", default=None, help="the preset the command starts from (default: the run's wandb.name)")
     p.add_argument("--force", action="store_true", help="replace an existing record")
+    p.add_argument("--machine", default=None, help="the machine the run was trained on (default: this one)")
     a = p.parse_args(argv)
     try:
         for run in a.runs:
-            print(keep(run, a.to, a.preset, a.force))
+            print(keep(run, a.to, a.preset, a.force, a.machine))
     except (KeepError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

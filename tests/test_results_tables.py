@@ -3,10 +3,12 @@ the numbers in the sources read independently of the script."""
 
 import importlib.util
 import json
+import os
 import re
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, TINY_RUN, run_cli
 
@@ -431,7 +433,9 @@ def test_a_kept_record_rebuilds_its_config_and_makes_the_same_table(small_run, t
     for name in ("config.json", "eval.json", "metrics.jsonl", "timing.jsonl"):
         assert (record / name).read_bytes() == (small_run / name).read_bytes()
     assert not (record / "model.safetensors").exists()
-    command = json.loads((record / "record.json").read_text())["command"]
+    meta = json.loads((record / "record.json").read_text())
+    command = meta["command"]
+    assert f"{os.cpu_count()}-core" in meta["machine"] and torch.__version__ in meta["machine"]
     train = shlex.split(command.split(" && ")[0])
     assert train[:4] == ["selectlens", "train", "--config", "default"]
     sets = [train[i + 1] for i, a in enumerate(train) if a == "--set"]
