@@ -28,7 +28,9 @@ from its sources, or from ``view=`` in the marker, e.g. ``<!-- table: cls-loglos
 * ``recipe`` (``scripts/recipe_ablation.py`` output directories): per arm across its seeds, the sequences
   reached, how many seeds left the plateau (eval MSE over all positions within 1.25× the Bayes mixture's), σ = 0.5's worst
   excess ratio at n ≥ 2d, σ = 0.1's at n = d and 2d beside the best single-λ ridge's, and how many
-  seeds show selection at σ = 0.1 for every n in d..2d;
+  seeds show selection at σ = 0.1 for every n in d..2d; each arm's change is from ``preset=`` (default
+  ``mixed_noise_cpu``) with the overrides ``preset-set=KEY=VALUE,…`` (the preset as it was when the runs
+  were made);
 * ``vs-oracle`` (raw-data run directories): per task group and n (default 2d, 3d, N − 1) the model
   against one reference (``predictor=``, default ``type_oracle``) in the group's metric (sign error
   for classification, squared error otherwise), each with its CI, and their ratio;
@@ -451,9 +453,13 @@ def view_recipe(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
     σ = 0.1 excess at n = d and 2d against the best single-λ ridge, seeds showing selection for all n in d..2d.
     Plain run directories (``selectlens train`` + ``eval``, no ablation.json) are one row per configuration
     (their change from the preset), the seeds of that configuration together."""
-    from selectlens.config import load_config
+    from selectlens.config import ConfigError, load_config
 
-    preset = load_config(opts.get("preset", "mixed_noise_cpu")).model_dump(mode="json")
+    name, sets = opts.get("preset", "mixed_noise_cpu"), [s for s in opts.get("preset-set", "").split(",") if s]
+    try:  # preset-set=KEY=VALUE,…: the preset as it was when the table's runs were made
+        preset = load_config(name, sets).model_dump(mode="json")
+    except ConfigError as err:
+        raise TableError(f"preset={name} preset-set={','.join(sets)}: {err}") from None
     books: dict[str, dict[tuple[str, str | None], list[dict[str, Any]]]] = {}  # source → (arm, change) → seeds
     cmds, devices = [], []
     for src in sources:

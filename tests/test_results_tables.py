@@ -319,6 +319,25 @@ def test_vs_oracle_table_uses_each_groups_metric(tmp_path):
     assert {int(r[2]) for r in rows} == {6, 7}
 
 
+def test_every_ablation_arm_is_a_valid_and_distinct_config():
+    """Each arm of scripts/recipe_ablation.py loads as the script composes it (the pinned recipe, the arm's
+    overrides, its epochs), and no two arms train the same configuration."""
+    from selectlens.config import load_config
+
+    spec = importlib.util.spec_from_file_location("recipe_ablation", ROOT / "scripts" / "recipe_ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    seen = {}
+    for arm, (config, sets, factor) in mod.ARMS.items():
+        epochs = round(mod.EARLIER_EPOCHS * factor)
+        cfg = load_config(config, [*mod.EARLIER, *sets, f"training.epochs={epochs}"]).model_dump(mode="json")
+        key = json.dumps({k: cfg[k] for k in ("data", "model", "training")}, sort_keys=True)
+        assert key not in seen, f"{arm} trains the same configuration as {seen.get(key)}"
+        seen[key] = arm
+    base = load_config("mixed_noise_cpu", [*mod.EARLIER, "training.epochs=110"]).training
+    assert (base.target, base.position_weights, base.epochs) == ("observed", "uniform", 110)
+
+
 def test_recipe_ablation_script_runs_arms_and_feeds_the_recipe_table(tmp_path):
     """scripts/recipe_ablation.py end to end on a tiny budget: each arm × seed trained and evaluated by the CLI,
     ablation.json records them, and the recipe table reads them back; an unknown arm is a one-line error."""
@@ -340,12 +359,15 @@ def test_recipe_ablation_script_runs_arms_and_feeds_the_recipe_table(tmp_path):
     assert (cfg["data"]["layout"], cfg["training"]["batch_size"], cfg["seed"]) == ("interleaved", 64, 1)
     assert json.loads((out / "base_s0" / "config.json").read_text())["training"]["batch_size"] == 512
     page = tmp_path / "r.md"
-    page.write_text(_page(tmp_path, "recipe"))
-    res = _run_script(page, "--table", "recipe", str(out))
+    earlier = "preset-set=training.target=observed,training.position_weights=uniform"  # the recipe the arms pin
+    page.write_text(_page(tmp_path, f"recipe {earlier}", "today view=recipe"))
+    res = _run_script(page, "--table", "recipe", str(out), "--table", "today", str(out))
     assert res.returncode == 0, res.stderr
     rows = _rows(page.read_text(), "recipe")
     assert [r[0] for r in rows] == ["base", "batch64_interleaved"]
     assert rows[1][1] == "layout=interleaved, n_embd=16, n_layer=1, batch_size=64, lr=0.001" and rows[0][3].endswith("/2")
+    today = _rows(page.read_text(), "today")  # against the preset as it stands, the pinned recipe is a change
+    assert today[0][1] == "n_embd=16, n_layer=1, target=observed, position_weights=uniform"
     res = subprocess.run([sys.executable, str(script), "--out", str(out), "--arms", "nope"], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("error: unknown arm(s) nope") and res.stderr.count("\n") == 1
     # a second call into the same --out is refused and touches nothing; --skip-done trains only what is missing
