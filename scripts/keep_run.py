@@ -14,9 +14,12 @@ Usage::
 The command is rebuilt from the run's config: ``selectlens train --config PRESET --seed S --set …`` with
 one ``--set`` per key where the run differs from the preset (``--preset``, default the run's
 ``wandb.name``), checked by loading it back, then ``selectlens eval``. A run without ``eval.json`` is
-refused, and so is a record that exists (``--force`` replaces it, atomically per file). ``record.json``
+refused, and so is a run stopped before its last epoch (``--max-minutes``, a kill: the command would train
+the whole schedule) and a record that exists (``--force`` replaces it, atomically per file, and removes the
+old record's files the new run lacks). Every run is checked before any record is written. ``record.json``
 also names the machine (``--machine``; by default the one the script runs on, which is the run's own
-when it is kept where it was trained).
+when it is kept where it was trained) and the code (``git`` commit, ``+dirty`` with uncommitted changes):
+the command rebuilds the config from the preset as that commit has it.
 """
 
 from __future__ import annotations
@@ -98,10 +101,29 @@ def this_machine() -> str:
     return f"{os.cpu_count()}-core {platform.machine()} CPU ({model}, {isa}), {gpu}; torch {torch.__version__}"
 
 
-def keep(run: Path, to: Path, preset: str | None, force: bool, machine: str | None = None) -> Path:
-    """Copy ``run``'s small files into ``to/run.name`` with its ``record.json``; returns the record."""
-    from selectlens.fileio import atomic_write
+def code_revision() -> str:
+    """The git commit of this checkout, ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    import subprocess
 
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise KeepError(f"{path}: {err}") from None
+
+
+def plan(run: Path, to: Path, preset: str | None, force: bool) -> dict[str, Any]:
+    """Check that ``run`` can be kept and what its record says; writes nothing."""
     if not (run / "config.json").is_file():
         raise KeepError(f"{run}: not a run directory (no config.json)")
     if not (run / "eval.json").is_file():
@@ -109,17 +131,45 @@ def keep(run: Path, to: Path, preset: str | None, force: bool, machine: str | No
     record = to / run.name
     if record.exists() and not force:
         raise KeepError(f"{record} exists (--force replaces it)")
-    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    preset = preset or config.get("wandb", {}).get("name")
+    config, ev = _read(run / "config.json"), _read(run / "eval.json")
+    if not isinstance(config, dict) or not isinstance(config.get("training"), dict) or "seed" not in config:
+        raise KeepError(f"{run}/config.json: not a SelectLens run config (no training section or seed)")
+    epochs = [json.loads(line).get("epoch") for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+              if line.strip()] if (run / "metrics.jsonl").is_file() else []
+    if not epochs or epochs[-1] != config["training"].get("epochs"):
+        raise KeepError(f"{run}: trained {epochs[-1] if epochs else 0} of its {config['training'].get('epochs')} "
+                        f"epochs (stopped early); its command would train them all")
+    preset = preset or (config.get("wandb") or {}).get("name")
     if not preset:
         raise KeepError(f"{run}: its config names no preset (give --preset)")
     out = f"runs/{run.name}"
-    command = f"{train_command(config, preset, out)} && selectlens eval --run {shlex.quote(out)}"
+    flags = ""
+    if isinstance(ev, dict) and ev.get("sequences") not in (None, (config.get("eval") or {}).get("sequences")):
+        flags = f" --sequences {ev['sequences']}"  # eval was asked for another number of held-out sequences
+    try:
+        train = train_command(config, preset, out)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise KeepError(f"{run}/config.json: not a SelectLens run config ({type(err).__name__}: {err})") from None
+    command = f"{train} && selectlens eval --run {shlex.quote(out)}{flags}"
+    return {"run": run, "record": record, "meta": {"from": str(run), "preset": preset, "command": command}}
+
+
+def keep(run: Path, to: Path, preset: str | None, force: bool, machine: str | None = None) -> Path:
+    """Copy ``run``'s small files into ``to/run.name`` with its ``record.json``; returns the record."""
+    return write(plan(run, to, preset, force), machine or this_machine(), code_revision())
+
+
+def write(planned: dict[str, Any], machine: str, code: str) -> Path:
+    from selectlens.fileio import atomic_write
+
+    run, record = planned["run"], planned["record"]
     record.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         if (run / name).is_file():
             atomic_write(record / name, (run / name).read_bytes())
-    meta = {"from": str(run), "preset": preset, "command": command, "machine": machine or this_machine()}
+        elif (record / name).is_file():  # --force: the old record's file the new run does not have
+            (record / name).unlink()
+    meta = {**planned["meta"], "machine": machine, "code": code}
     atomic_write(record / "record.json", (json.dumps(meta, indent=1) + "\n").encode())
     return record
 
@@ -133,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", default=None, help="the machine the run was trained on (default: this one)")
     a = p.parse_args(argv)
     try:
-        for run in a.runs:
-            print(keep(run, a.to, a.preset, a.force, a.machine))
+        if len({run.name for run in a.runs}) < len(a.runs):
+            raise KeepError("two runs of the same name would make one record")
+        planned = [plan(run, a.to, a.preset, a.force) for run in a.runs]  # every run checked before any is written
+        machine, code = a.machine or this_machine(), code_revision()
+        for p in planned:
+            print(write(p, machine, code))
     except (KeepError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

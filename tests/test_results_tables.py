@@ -494,6 +494,49 @@ def test_keep_run_refuses_without_eval_and_never_overwrites(small_run, tmp_path)
     assert kept.read_bytes() == (small_run / "eval.json").read_bytes()
 
 
+def test_keep_run_checks_every_run_before_writing_any(small_run, tmp_path):
+    """A run stopped before its last epoch is refused (its command would train them all), and with it every run
+    of the same call; a --force record loses the files its new run lacks; record.json names the commit."""
+    import shutil
+    import subprocess
+
+    whole, capped = tmp_path / "whole", tmp_path / "capped"
+    shutil.copytree(small_run, whole)
+    shutil.copytree(small_run, capped)
+    lines = (capped / "metrics.jsonl").read_text().splitlines()
+    (capped / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    res = _keep(whole, capped, "--to", tmp_path / "records")
+    assert res.returncode == 2 and "stopped early" in res.stderr and res.stderr.count("\n") == 1
+    assert not (tmp_path / "records").exists()  # the good run was not kept either
+    assert _keep(whole, "--to", tmp_path / "records").returncode == 0
+    (whole / "timing.jsonl").unlink()
+    assert _keep(whole, "--to", tmp_path / "records", "--force").returncode == 0
+    record = tmp_path / "records" / "whole"
+    assert not (record / "timing.jsonl").exists() and (record / "eval.json").is_file()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert json.loads((record / "record.json").read_text())["code"].split("+")[0] == head
+
+
+@pytest.mark.parametrize("record", sorted(p.name for p in (ROOT / "records").iterdir() if (p / "record.json").is_file()))
+def test_a_committed_record_command_rebuilds_its_config(record):
+    """Each kept record's train command, loaded as `selectlens train` would, gives the record's config.json
+    (every key that shapes a run), so the command under a docs table still makes the run it shows."""
+    import shlex
+
+    from selectlens.config import load_config
+
+    meta = json.loads((ROOT / "records" / record / "record.json").read_text())
+    train = shlex.split(meta["command"].split(" && ")[0])
+    assert train[:4] == ["selectlens", "train", "--config", meta["preset"]]
+    sets = [train[i + 1] for i, a in enumerate(train) if a == "--set"]
+    flags = [f"{k}={train[train.index('--' + k) + 1]}" for k in ("seed", "device") if "--" + k in train]
+    rebuilt = load_config(meta["preset"], sets + flags).model_dump(mode="json")
+    stored = json.loads((ROOT / "records" / record / "config.json").read_text())
+    for section in ("data", "model", "training", "eval"):
+        assert rebuilt[section] == stored[section], section
+    assert rebuilt["seed"] == stored["seed"]
+
+
 def test_a_train_bench_row_names_the_loss_it_measured():
     """bench train records the target and the position weights; the command a table prints rebuilds them
     (only where they differ from the preset) and the row says which loss it timed."""
