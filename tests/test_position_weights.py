@@ -167,10 +167,30 @@ def test_per_type_weights_follow_each_types_own_reference_risk():
     assert weights[0, -1] > 5 * weights[1, -1]  # late regression positions carry the gradient, not the signs
 
 
+@pytest.mark.parametrize("p", [1.0, 0.97])
+def test_a_type_too_rare_to_measure_takes_the_pooled_weights(p):
+    """With classification absent (p_regression 1) or rarer than MIN_TYPE_SEQUENCES of the measuring sequences,
+    its row is the pooled per-position weights (those of inverse_reference, up to the table's one scale that makes
+    the mean 1), and the table still has both rows."""
+    sets = ["data.d_d=3", "data.N=6", "training.target=conditional_mean", f"data.p_regression={p}"]
+    cfg = load_config("linear_or_logistic_cpu", [*sets, PER_TYPE])
+    weights = position_weights(cfg, make_task(cfg))
+    pooled = position_weights(load_config("linear_or_logistic_cpu", [*sets, "training.position_weights=inverse_reference"]),
+                              make_task(cfg))
+    assert weights.shape == (2, 6) and (1 - p) * loop.POSITION_WEIGHT_SEQUENCES < loop.MIN_TYPE_SEQUENCES
+    ratio = weights[1] / pooled
+    torch.testing.assert_close(ratio, torch.full_like(ratio, ratio.mean().item()))
+    if p == 1.0:  # every sequence regression: the two measures are one, scale included
+        torch.testing.assert_close(weights, torch.stack([pooled, pooled]))
+    else:  # the regression row is measured on its own sequences: not proportional to the pooled one
+        own = weights[0] / pooled
+        assert (own.max() - own.min()) / own.mean() > 0.01
+
+
 def test_per_type_weights_need_a_family_with_types():
-    cfg = load_config("mixed_noise_cpu", [PER_TYPE])
+    """Refused when the config loads (a sweep's grid or an ablation arm fails before any trial starts)."""
     with pytest.raises(ConfigError, match="one type of sequence"):
-        position_weights(cfg, make_task(cfg))
+        load_config("mixed_noise_cpu", [PER_TYPE])
 
 
 def test_a_per_sequence_weighted_loss_is_the_weighted_mean_of_squared_errors():

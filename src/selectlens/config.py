@@ -92,8 +92,12 @@ class DataConfig(_Section):
         if config.training.position_weights != "uniform" and not self.supports_position_weights:
             raise ValueError(f"training.position_weights {config.training.position_weights} needs a task read out at "
                              f"every position (the raw-data tasks), not data.task {self.task}")
+        if config.training.position_weights == "inverse_reference_per_type" and not self.has_sequence_types:
+            raise ValueError(f"training.position_weights inverse_reference_per_type: data.task {self.task} has one "
+                             f"type of sequence; use inverse_reference")
 
     supports_curriculum: ClassVar[bool] = False
+    has_sequence_types: ClassVar[bool] = False  # its TaskFamily.sequence_types tells types apart
     supports_conditional_mean: ClassVar[bool] = False
     supports_position_weights: ClassVar[bool] = False
 

@@ -221,8 +221,10 @@ class TaskFamily:
         """
         return None
 
+    n_sequence_types: int = 1  # how many types sequence_types can return (a family with types sets it)
+
     def sequence_types(self, batch: Batch) -> Tensor | None:
-        """``[B]`` int64 type index in ``0 … n_types − 1``, or None where the family has one type of sequence.
+        """``[B]`` int64 type index in ``0 … n_sequence_types − 1``, or None where the family has one type of sequence.
 
         Only for a latent the model can read off the prefix at every read-out position where the types'
         conditional means differ: a loss weight per (type, position) then leaves every position's minimiser

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -90,6 +90,7 @@ class RawData(DataConfig):
 class LinearOrLogisticData(RawData):
     task: str = "linear_or_logistic"
     p_regression: float = Field(0.5, ge=0, le=1, description="Probability a sequence is regression.")
+    has_sequence_types: ClassVar[bool] = True  # regression or classification (LinearOrLogisticTask.sequence_types)
 
 
 @dataclass
@@ -286,6 +287,7 @@ class LinearOrLogisticTask(RawTask):
 
     name = "linear_or_logistic"
     Data = LinearOrLogisticData
+    n_sequence_types = 2
 
     def sequence_types(self, batch: RawBatch) -> Tensor:
         """``[B]``: 0 for regression, 1 for classification. The prefix reveals the type from the first label on

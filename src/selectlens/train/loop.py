@@ -231,7 +231,7 @@ def train_step(state: TrainState, loss: LossFn, tokens: torch.Tensor, target: to
     None: uniform); returns the (detached) loss.
 
     Distributed, ``tokens`` is this rank's share ``b_r`` of a ``global_batch`` of B sequences: the
-    loss is scaled by ``P·b_r/B`` so DDP's gradient average is the gradient of the global mean,
+    loss is scaled by ``world·b_r/B`` (world: the number of processes) so DDP's gradient average is the gradient of the global mean,
     and the returned loss is the global batch's mean (the same on every rank).
     """
     for g in state.opt.param_groups:
@@ -296,6 +296,7 @@ def check_training_target(config: Config) -> None:
 
 
 POSITION_WEIGHT_SEQUENCES = 16384
+MIN_TYPE_SEQUENCES = 1024  # a type with fewer measuring sequences takes the pooled weights
 
 
 def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
@@ -309,7 +310,9 @@ def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
 
     ``inverse_reference_per_type``: ``[G, P]``, the same per type of sequence (:meth:`TaskFamily.sequence_types`,
     a latent the prefix reveals, so again every position's minimiser is unchanged): a type whose loss is
-    mostly irreducible (classification's sign labels) no longer dominates another's gradient.
+    mostly irreducible (classification's sign labels) no longer dominates another's gradient. A type with fewer
+    than ``MIN_TYPE_SEQUENCES`` of the measuring sequences (a rare type, or one of probability 0) takes the pooled
+    weights, one per position over all of them: too few of its own to measure its risk.
 
     Measured on training-distribution sequences of the stacking stream, so every rank computes the same
     weights (a checkpoint stores them: a resume keeps the run's own).
@@ -332,11 +335,10 @@ def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
     target = task.conditional_mean(batch) if config.training.target == "conditional_mean" else batch.targets
     loss = pointwise_loss(reference(batch).double(), target.double(), config.training.loss)  # [B, P]
     types = task.sequence_types(batch) if per_type else torch.zeros(len(batch), dtype=torch.long, device=loss.device)
-    present = torch.unique(types)
-    if per_type and present.tolist() != list(range(int(types.max()) + 1)):
-        raise ConfigError(f"training.position_weights {option}: the {POSITION_WEIGHT_SEQUENCES:,} sequences that "
-                          f"measure the weights hold types {present.tolist()}, not every type 0..{int(types.max())}")
-    risk = torch.stack([loss[types == g].mean(0) for g in present.tolist()])  # [G, P]
+    counts = torch.bincount(types, minlength=task.n_sequence_types if per_type else 1)
+    pooled = loss.mean(0)
+    risk = torch.stack([loss[types == g].mean(0) if counts[g] >= MIN_TYPE_SEQUENCES else pooled
+                        for g in range(len(counts))])  # [G, P]
     inverse = 1.0 / risk.clamp_min(1e-12)
     inverse = inverse / inverse[types].mean()  # mean 1 over the training sequences and positions
     return (inverse if per_type else inverse[0]).to(batch.targets.dtype)
