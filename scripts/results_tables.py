@@ -543,6 +543,17 @@ def _ratio_cell(model: float, ref: float, ratio: dict[str, list[float]] | None, 
     return f"{_f(ratio['mean'][i], '+.3f')} {_ci(ratio['ci_low'][i], ratio['ci_high'][i], '+.3f')}"
 
 
+def _ratio_ci(mix: dict[str, Any], one: dict[str, Any], i: int) -> tuple[float, float, float]:
+    """a / b − 1 of two models' MSEs on independent held-out sets, with the delta method's 95% CI from each
+    mean's own (normal) CI: var(a/b) ≈ (a/b)² ((se_a/a)² + (se_b/b)²)."""
+    z = 1.959963984540054
+    (a, a_lo, a_hi), (b, b_lo, b_hi) = ([g["predictors"]["model"]["mse"][k][i] for k in ("mean", "ci_low", "ci_high")]
+                                        for g in (mix, one))
+    r = a / b
+    half = z * r * math.hypot((a_hi - a_lo) / (2 * z * a), (b_hi - b_lo) / (2 * z * b))
+    return r - 1, r - 1 - half, r - 1 + half
+
+
 def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
     """The three-model σ experiment from each model's own eval.json: the mixture runs (trained on several σ)
     against the runs trained on one σ, on that σ, at n ≥ 2d (or ``positions=``). Runs pair by their training
@@ -569,20 +580,27 @@ def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[l
         if ev["positions"] != sizes:
             raise TableError(f"{ev['_src']}: its context sizes differ from {ev0['_src']}'s; compare runs of one task size")
     wanted = _positions(opts, sizes, [n for n in sizes if n >= 2 * d], ev0["_src"])
-    head = ["σ", "n", "mixture model MSE", "single-σ model MSE", "Bayes (own σ known: oracle ridge)",
-            "mixture / single − 1 [95% t-interval over seeds]", "seeds"]
-    rows = []
-    for g, singles in single.items():
-        seeds = sorted(set(mixture) & set(singles))
+    paired = {g: sorted(set(mixture) & set(singles)) for g, singles in single.items()}
+    for g, seeds in paired.items():
         if not seeds:
             raise TableError(f"no seed has both a mixture run and a {g} run (mixture seeds {sorted(mixture)}, "
-                             f"{g} seeds {sorted(singles)})")
+                             f"{g} seeds {sorted(single[g])})")
+    one_seed = any(len(seeds) == 1 for seeds in paired.values())
+    head = ["σ", "n", "mixture model MSE", "single-σ model MSE", "Bayes (own σ known: oracle ridge)",
+            "mixture / single − 1 [95% t-interval over seeds" + ("; one seed: delta-method CI over sequences]"
+                                                                  if one_seed else "]"), "seeds"]
+    rows = []
+    for g, singles in single.items():
+        seeds = paired[g]
         for n in wanted:
             i = sizes.index(n)
             mse = lambda ev, name="model": ev["groups"][g]["predictors"][name]["mse"]["mean"][i]  # noqa: E731
             mix, one = [mse(mixture[s]) for s in seeds], [mse(singles[s]) for s in seeds]
             oracle = [mse(mixture[s], "oracle_sigma_ridge") for s in seeds]
-            m, lo, hi = t_interval([a / b - 1 for a, b in zip(mix, one)])
+            if len(seeds) > 1:
+                m, lo, hi = t_interval([a / b - 1 for a, b in zip(mix, one)])
+            else:
+                m, lo, hi = _ratio_ci(mixture[seeds[0]]["groups"][g], singles[seeds[0]]["groups"][g], i)
             k = len(seeds)
             rows.append([g[6:], str(n), _f(sum(mix) / k, ".4f"), _f(sum(one) / k, ".4f"), _f(sum(oracle) / k, ".4f"),
                          f"{m:+.3f} {_ci(lo, hi, '+.3f')}", ",".join(map(str, seeds))])

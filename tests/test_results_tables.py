@@ -429,6 +429,18 @@ def test_mixture_vs_single_table_pairs_seeds_per_sigma(tmp_path):
         assert _numbers(r[5]) == pytest.approx([mean, mean - half, mean + half], abs=6e-4) and r[6] == "0,1"
     res = _run_script(page, "--table", "tm", *map(str, runs[:2]))
     assert res.returncode == 2 and "needs runs trained on the σ mixture and runs trained on one σ" in res.stderr
+    # one seed: the ratio's delta-method CI from each model's own CI (independent held-out sets)
+    res = _run_script(page, "--table", "tm", str(runs[1]), str(runs[3]))
+    assert res.returncode == 0, res.stderr
+    assert "one seed: delta-method CI over sequences" in page.read_text()
+    for r in _rows(page.read_text(), "tm"):
+        i = mix[0]["positions"].index(int(r[1]))
+        (a, a_lo, a_hi), (b, b_lo, b_hi) = ([e["groups"]["sigma=0.1"]["predictors"]["model"]["mse"][k][i]
+                                             for k in ("mean", "ci_low", "ci_high")] for e in (mix[0], low[0]))
+        rel_se = np.sqrt(((a_hi - a_lo) / 3.919928 / a) ** 2 + ((b_hi - b_lo) / 3.919928 / b) ** 2)
+        half = 1.959964 * (a / b) * rel_se
+        assert _numbers(r[5]) == pytest.approx([a / b - 1, a / b - 1 - half, a / b - 1 + half], abs=6e-4)
+        assert r[6] == "0" and half > 0
 
 
 KEEP = ROOT / "scripts" / "keep_run.py"
