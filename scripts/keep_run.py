@@ -154,12 +154,8 @@ def plan(run: Path, to: Path, preset: str | None, force: bool) -> dict[str, Any]
     return {"run": run, "record": record, "meta": {"from": str(run), "preset": preset, "command": command}}
 
 
-def keep(run: Path, to: Path, preset: str | None, force: bool, machine: str | None = None) -> Path:
-    """Copy ``run``'s small files into ``to/run.name`` with its ``record.json``; returns the record."""
-    return write(plan(run, to, preset, force), machine or this_machine(), code_revision())
-
-
 def write(planned: dict[str, Any], machine: str, code: str) -> Path:
+    """Copy the planned run's small files into its record with ``record.json``; returns the record."""
     from selectlens.fileio import atomic_write
 
     run, record = planned["run"], planned["record"]
