@@ -62,8 +62,9 @@ def _shaping(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in _flat(config).items() if k.split(".")[0] not in NAMING}
 
 
-def train_command(config: dict[str, Any], preset: str, out: str) -> str:
-    """``selectlens train …`` that rebuilds ``config`` from ``preset`` (checked by loading it back)."""
+def train_command(config: dict[str, Any], preset: str, out: str, nproc: int = 1) -> str:
+    """``selectlens train …`` that rebuilds ``config`` from ``preset`` (checked by loading it back), on
+    ``nproc`` processes (``--nproc``: the same run up to float summation order, in less wall time)."""
     from selectlens.config import ConfigError, load_config
 
     try:
@@ -81,6 +82,8 @@ def train_command(config: dict[str, Any], preset: str, out: str) -> str:
             parts += [f"--{k}", str(config[k])]
     for s in sets:
         parts += ["--set", s]
+    if nproc > 1:
+        parts += ["--nproc", str(nproc)]
     return shlex.join(parts + ["--out", out])
 
 
@@ -122,6 +125,19 @@ def _read(path: Path) -> Any:
         raise KeepError(f"{path}: {err}") from None
 
 
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``.jsonl`` log (none when it is missing); a malformed line is one error."""
+    if not path.is_file():
+        return []
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as err:
+        raise KeepError(f"{path}: {err}") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise KeepError(f"{path}: a line is not a JSON object")
+    return rows
+
+
 def plan(run: Path, to: Path, preset: str | None, force: bool) -> dict[str, Any]:
     """Check that ``run`` can be kept and what its record says; writes nothing."""
     if not (run / "config.json").is_file():
@@ -134,11 +150,15 @@ def plan(run: Path, to: Path, preset: str | None, force: bool) -> dict[str, Any]
     config, ev = _read(run / "config.json"), _read(run / "eval.json")
     if not isinstance(config, dict) or not isinstance(config.get("training"), dict) or "seed" not in config:
         raise KeepError(f"{run}/config.json: not a SelectLens run config (no training section or seed)")
-    epochs = [json.loads(line).get("epoch") for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-              if line.strip()] if (run / "metrics.jsonl").is_file() else []
+    epochs = [m.get("epoch") for m in _jsonl(run / "metrics.jsonl")]
     if not epochs or epochs[-1] != config["training"].get("epochs"):
         raise KeepError(f"{run}: trained {epochs[-1] if epochs else 0} of its {config['training'].get('epochs')} "
                         f"epochs (stopped early); its command would train them all")
+    counts = [t.get("processes", 1) for t in _jsonl(run / "timing.jsonl")]  # absent: kept before it was logged
+    bad = next((c for c in counts if not isinstance(c, int) or isinstance(c, bool) or c < 1), None)
+    if bad is not None:
+        raise KeepError(f"{run}/timing.jsonl: processes must be a positive integer, got {bad!r}")
+    processes = max(counts, default=1)
     preset = preset or (config.get("wandb") or {}).get("name")
     if not preset:
         raise KeepError(f"{run}: its config names no preset (give --preset)")
@@ -147,7 +167,7 @@ def plan(run: Path, to: Path, preset: str | None, force: bool) -> dict[str, Any]
     if isinstance(ev, dict) and ev.get("sequences") not in (None, (config.get("eval") or {}).get("sequences")):
         flags = f" --sequences {ev['sequences']}"  # eval was asked for another number of held-out sequences
     try:
-        train = train_command(config, preset, out)
+        train = train_command(config, preset, out, processes)
     except (KeyError, TypeError, AttributeError) as err:
         raise KeepError(f"{run}/config.json: not a SelectLens run config ({type(err).__name__}: {err})") from None
     command = f"{train} && selectlens eval --run {shlex.quote(out)}{flags}"

@@ -62,6 +62,7 @@ def test_two_gloo_ranks_match_one_process_and_resume(one_process, tmp_path):
     assert res.stdout.count("finished: epoch 3") == 1  # rank 0 alone reports
     two = read_jsonl(ddp / "metrics.jsonl")
     _close(two, one_process, 1e-4)
+    assert [t["processes"] for t in read_jsonl(ddp / "timing.jsonl")] == [2, 2, 2]  # what keep_run names as --nproc
     # interrupted after its first epoch (time limit), then resumed on 2 ranks: same as uninterrupted
     part = tmp_path / "part"
     res = selectlens("train", "--nproc", "2", "--out", str(part), "--quiet", "--max-minutes", "1e-6", *sets())

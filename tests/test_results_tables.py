@@ -529,6 +529,37 @@ def test_keep_run_checks_every_run_before_writing_any(small_run, tmp_path):
     assert json.loads((record / "record.json").read_text())["code"].split("+")[0] == head
 
 
+def test_keep_run_names_the_process_count_a_run_trained_on(small_run, tmp_path):
+    """A run trained with --nproc logs its process count per epoch; its record's command says --nproc; a
+    run with no count (kept before it was logged) is one process; a count that is not a positive integer
+    is one error line."""
+    import shlex
+    import shutil
+
+    from selectlens.config import load_config
+
+    assert {json.loads(t)["processes"] for t in (small_run / "timing.jsonl").read_text().splitlines()} == {1}
+    ddp, old, bad = tmp_path / "ddp", tmp_path / "old", tmp_path / "bad"
+    for run, fill in ((ddp, 2), (old, None), (bad, "two")):
+        shutil.copytree(small_run, run)
+        rows = [json.loads(t) for t in (run / "timing.jsonl").read_text().splitlines()]
+        for r in rows:
+            r.pop("processes")
+            if fill is not None:
+                r["processes"] = fill
+        (run / "timing.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _keep(ddp, old, "--to", tmp_path / "records").returncode == 0
+    commands = {r: json.loads((tmp_path / "records" / r / "record.json").read_text())["command"] for r in ("ddp", "old")}
+    train = shlex.split(commands["ddp"].split(" && ")[0])
+    assert train[train.index("--nproc") + 1] == "2" and "--nproc" not in commands["old"]
+    sets = [train[i + 1] for i, a in enumerate(train) if a == "--set"]
+    rebuilt = load_config("default", sets + [f"seed={train[train.index('--seed') + 1]}"]).model_dump(mode="json")
+    assert rebuilt["training"] == json.loads((small_run / "config.json").read_text())["training"]
+    res = _keep(bad, "--to", tmp_path / "records")
+    assert res.returncode == 2 and "processes" in res.stderr and res.stderr.count("\n") == 1
+    assert not (tmp_path / "records" / "bad").exists()
+
+
 @pytest.mark.parametrize("record", sorted(p.name for p in (ROOT / "records").iterdir() if (p / "record.json").is_file()))
 def test_a_committed_record_command_rebuilds_its_config(record):
     """Each kept record's train command, loaded as `selectlens train` would, gives the record's config.json

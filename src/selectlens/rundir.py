@@ -7,7 +7,7 @@
       model.safetensors               latest weights (spec in metadata)
       checkpoints/epoch_000010/       model.safetensors + state.pt, renamed into place atomically
       metrics.jsonl                   one line per epoch (no wall-clock times: reproducible)
-      timing.jsonl                    wall-clock seconds per epoch
+      timing.jsonl                    wall-clock seconds per epoch, and the number of processes
     .RUN.lock                         beside the run (it survives ``--force`` replacing RUN): held
                                       with ``flock`` by the one process writing RUN (see run_dir_lock)
 """

@@ -493,7 +493,8 @@ def train(
             elapsed = time.monotonic() - started
             if ctx.is_main:
                 last = epoch_record(state, epoch, train_loss, test_b, baselines)
-                write_records(run, last, {"epoch": epoch + 1, "epoch_s": time.monotonic() - t0, "elapsed_s": elapsed}, sinks)
+                write_records(run, last, {"epoch": epoch + 1, "epoch_s": time.monotonic() - t0, "elapsed_s": elapsed,
+                                           "processes": ctx.world}, sinks)
                 if bar is not None:
                     bar.set_postfix(epoch=epoch + 1, test=f"{last['test_loss']:.4f}", **_reference_loss(state, last))
             out_of_time = distributed.agree(ctx, max_minutes is not None and elapsed >= max_minutes * 60)
