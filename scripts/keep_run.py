@@ -13,7 +13,8 @@ Usage::
 
 The command is rebuilt from the run's config: ``selectlens train --config PRESET --seed S --set …`` with
 one ``--set`` per key where the run differs from the preset (``--preset``, default the run's
-``wandb.name``), checked by loading it back, then ``selectlens eval``. A run without ``eval.json`` is
+``wandb.name``), checked by loading it back, and ``--nproc N`` where ``timing.jsonl`` logs N > 1
+processes, then ``selectlens eval``. A run without ``eval.json`` is
 refused, and so is a run stopped before its last epoch (``--max-minutes``, a kill: the command would train
 the whole schedule) and a record that exists (``--force`` replaces it, atomically per file, and removes the
 old record's files the new run lacks). Every run is checked before any record is written. ``record.json``
