@@ -257,12 +257,14 @@ class TrainingConfig(_Section):
         "observed", description="Raw-data tasks: train against the label y_i (observed) or its mean given the "
         "sequence's latents, E[y_i | x_i, w] (conditional_mean: the same minimiser, less gradient noise). "
         "Eval always scores y.")
-    position_weights: Literal["uniform", "inverse_reference", "inverse_reference_per_type"] = Field(
+    position_weights: Literal["uniform", "inverse_reference", "inverse_reference_per_type", "inverse_bayes_risk"] = Field(
         "uniform", description="Raw-data tasks, loss_positions all: weigh every read-out position equally, or by "
         "1 / the reference predictor's risk there (inverse_reference: the same minimiser at every position, "
         "the gradient no longer dominated by the early positions' irreducible error), or by 1 / its risk there "
         "on the sequence's own type (inverse_reference_per_type: families whose prefix reveals a type, e.g. "
-        "linear_or_logistic). Eval is unweighted.")
+        "linear_or_logistic), or each (sequence, position) by 1 / the Bayes posterior's risk given its prefix "
+        "(inverse_bayes_risk: every prefix's relative excess counts alike; families with a closed-form posterior). "
+        "Eval is unweighted.")
     compile: bool = Field(False, description="torch.compile the loss (forward + backward); compile time counts in the run.")
     fused_adam: bool = Field(False, description="Adam's fused single-kernel update (CPU, CUDA): same maths, another trajectory.")
 

@@ -72,7 +72,7 @@ def _f64(t: Tensor) -> Tensor:
 _CHUNK_ELEMENTS = 1 << 23  # float64 elements of A⁻¹ per chunk (64 MiB)
 
 
-def ridge_filter(x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def ridge_filter(x: Tensor, y: Tensor, lam: Tensor, *, moments: bool = False) -> tuple[Tensor, ...]:
     """Ridge regression (no intercept) on every prefix, for several penalties at once.
 
     For prefix n (pairs 0..n−1, n = 0..N−1) and penalty λ_k, with ``A = XᵀX + λ_k I``:
@@ -85,6 +85,8 @@ def ridge_filter(x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Ten
         ``pred [B, N, K]``: ``x_nᵀ A⁻¹ XᵀY`` (0 at n = 0);
         ``rss [B, N, K]``: ``‖Y‖² − YᵀX A⁻¹ XᵀY`` (= min_w ‖Y − Xw‖² + λ‖w‖²);
         ``logdet [B, N, K]``: ``log det(I_d + XᵀX/λ)``. All float64.
+        With ``moments``, also ``coef [B, N, K, d]``: the ridge weights ``A⁻¹ XᵀY`` of prefix n, and
+        ``trace [B, N, K]``: ``tr A⁻¹`` (what the posterior's spread needs, :func:`bayes_mixture_risk`).
 
     Sequences are processed ``chunk`` at a time, so ``A⁻¹ [K, d, d, chunk]`` stays under ~64 MiB.
     """
@@ -92,13 +94,14 @@ def ridge_filter(x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Ten
     K = lam.shape[-1] if lam.dim() == 2 else lam.numel()
     chunk = max(1, _CHUNK_ELEMENTS // (K * d * d))
     if B <= chunk:
-        return _ridge_filter_chunk(x, y, lam)
-    parts = [_ridge_filter_chunk(x[i : i + chunk], y[i : i + chunk], lam if lam.dim() == 1 else lam[i : i + chunk])
+        return _ridge_filter_chunk(x, y, lam, moments)
+    parts = [_ridge_filter_chunk(x[i : i + chunk], y[i : i + chunk], lam if lam.dim() == 1 else lam[i : i + chunk],
+                                 moments)
              for i in range(0, B, chunk)]
     return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
 
 
-def _ridge_filter_chunk(x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _ridge_filter_chunk(x: Tensor, y: Tensor, lam: Tensor, moments: bool = False) -> tuple[Tensor, ...]:
     B, N, d = x.shape
     X = _f64(x).permute(1, 2, 0).contiguous()  # [N, d, B]: batch last, so every op is a long vector op
     Y = _f64(y).T.contiguous()  # [N, B]
@@ -109,9 +112,13 @@ def _ridge_filter_chunk(x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tens
     P.diagonal(dim1=1, dim2=2).copy_((1 / lam).unsqueeze(-1).expand(K, B, d))
     w = X.new_zeros(K, d, B)  # ridge weights of the current prefix
     pred, rss, logdet = (X.new_zeros(N, K, B) for _ in range(3))
+    coef, trace = (X.new_zeros(N, K, d, B), X.new_zeros(N, K, B)) if moments else (None, None)
     for n in range(N):
         xn = X[n]  # [d, B]
         pred[n] = (w * xn).sum(1)
+        if moments:
+            coef[n] = w
+            trace[n] = P.diagonal(dim1=1, dim2=2).sum(-1)
         if n + 1 == N:
             break
         Px = (P * xn).sum(2)  # [K, d, B]: A⁻¹ x_n
@@ -122,7 +129,10 @@ def _ridge_filter_chunk(x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tens
         P.addcmul_(g.unsqueeze(2), Px.unsqueeze(1), value=-1.0)  # Sherman–Morrison
         rss[n + 1] = rss[n] + err**2 / c
         logdet[n + 1] = logdet[n] + c.log()  # matrix determinant lemma
-    return pred.permute(2, 0, 1), rss.permute(2, 0, 1), logdet.permute(2, 0, 1)  # each [B, N, K]
+    out = (pred.permute(2, 0, 1), rss.permute(2, 0, 1), logdet.permute(2, 0, 1))  # each [B, N, K]
+    if moments:
+        out += (coef.permute(3, 0, 1, 2), trace.permute(2, 0, 1))  # [B, N, K, d], [B, N, K]
+    return out
 
 
 def noise_log_evidence(rss: Tensor, logdet: Tensor, sigmas: Tensor) -> Tensor:
@@ -150,6 +160,30 @@ def bayes_mixture(x: Tensor, y: Tensor, sigmas: list[float], probs: list[float])
     pred, rss, logdet = ridge_filter(x, y, d * s**2)
     posterior = torch.softmax(noise_log_evidence(rss, logdet, s) + log_prior, dim=-1)
     return (posterior * pred).sum(-1), posterior
+
+
+def bayes_mixture_risk(x: Tensor, y: Tensor, sigmas: list[float], probs: list[float], *,
+                       observed: bool = False) -> Tensor:
+    """``[B, N]`` (float64): the Bayes posterior's risk at read-out n given the first n pairs, for a query
+    x_n ~ N(0, I_d) not yet seen — a function of the earlier pairs alone.
+
+    Under the prior of :func:`bayes_mixture` (``v = w/√d ~ N(0, I_d/d)``, σ = σ_k with probability π_k), the
+    posterior of v given σ_k and the first n pairs is ``N(μ_k, σ_k² A_k⁻¹)`` with ``A_k = XᵀX + dσ_k² I``
+    and ``μ_k`` the ridge weights at λ_k = dσ_k². The mixture posterior's covariance is
+    ``C = Σ_k π_k(n)(σ_k² A_k⁻¹ + μ_k μ_kᵀ) − μ̄ μ̄ᵀ`` (μ̄ = Σ_k π_k(n) μ_k), so the posterior mean's expected
+    squared error against the label's mean ``x_nᵀv`` is ``E x_nᵀ C x_n = tr C``; against the label itself
+    (``observed``) it adds the posterior mean of σ², ``Σ_k π_k(n) σ_k²``. Averaging over the query keeps the
+    weight bounded where x_n ≈ 0 (``training.position_weights: inverse_bayes_risk``, docs/design.md#position-weights).
+    """
+    d = x.shape[-1]
+    s2 = torch.tensor(sigmas, dtype=torch.float64, device=x.device) ** 2
+    log_prior = torch.tensor(probs, dtype=torch.float64, device=x.device).log()
+    _, rss, logdet, coef, trace = ridge_filter(x, y, d * s2, moments=True)
+    post = torch.softmax(noise_log_evidence(rss, logdet, s2.sqrt()) + log_prior, dim=-1)  # [B, N, K]
+    mean = (post.unsqueeze(-1) * coef).sum(-2)  # [B, N, d]
+    second = (post * (s2 * trace + (coef**2).sum(-1))).sum(-1)  # E[|v|²-like] terms: Σ π (σ² tr A⁻¹ + |μ|²)
+    risk = second - (mean**2).sum(-1)
+    return risk + (post * s2).sum(-1) if observed else risk
 
 
 def least_squares(x: Tensor, y: Tensor) -> Tensor:
@@ -339,6 +373,11 @@ class RawSuite(BaselineSuite):
             out["best_single_ridge"] = single_ridge(lams)
         return out
 
+    def prefix_risk(self, batch: "RawBatch", *, observed: bool) -> Tensor:
+        """The Bayes mixture's risk given the earlier pairs (:func:`bayes_mixture_risk`)."""
+        return bayes_mixture_risk(batch.x, batch.y, list(self.task.noise_levels), list(self.task.noise_probs),
+                                  observed=observed)
+
 
 def _on(fn: Callable[[Tensor, Tensor], Tensor]) -> RawPredictor:
     return lambda batch: fn(batch.x, batch.y).to(batch.x.dtype)
@@ -372,6 +411,14 @@ class LinearOrLogisticSuite(RawSuite):
             "type_oracle": type_oracle,
         })
         return out
+
+    def prefix_risk(self, batch: "RawBatch", *, observed: bool) -> Tensor:
+        """The Bayes mixture's risk where a visible label is not ±1 (a regression prefix, read off the labels
+        as the model reads them); NaN before any label and on prefixes of signs (no closed form)."""
+        risk = super().prefix_risk(batch, observed=observed)
+        regression_seen = ~labels_look_binary(batch.y)
+        regression_seen[:, 0] = False  # no label read yet: the type is not in the prefix
+        return torch.where(regression_seen, risk, torch.full_like(risk, math.nan))
 
 
 def make_raw_baselines(task: RawTask) -> dict[str, RawPredictor]:

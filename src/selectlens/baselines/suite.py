@@ -88,6 +88,13 @@ class BaselineSuite:
     def reference(self, fit: Any) -> str:
         return fit.best_honest
 
+    def prefix_risk(self, batch: Batch, *, observed: bool) -> Tensor | None:
+        """``[B, P]`` float64: the Bayes posterior's risk at each read-out given what the model has read before
+        the query (a function of the prefix alone), on the label (``observed``) or on its conditional mean;
+        NaN where the family has no closed form for that sequence's type; None where it has none at all
+        (``training.position_weights: inverse_bayes_risk``)."""
+        return None
+
     def extra_losses(self, batch: Batch, metric: str) -> dict[str, Tensor]:
         """``{name: [B]}`` per-sequence losses of references that are not predictors."""
         return {}

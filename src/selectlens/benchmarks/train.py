@@ -29,7 +29,7 @@ from selectlens.benchmarks import sync
 from selectlens.benchmarks.reference import original_model, reference_sequences
 from selectlens.config import Config, load_config
 from selectlens.tasks import make_generator, make_task
-from selectlens.train.loop import build_model, loss_fn, make_optimizer, position_weights, sequence_weights, weight_rows
+from selectlens.train.loop import build_model, loss_fn, loss_weights, make_optimizer, sequence_weights, weight_rows
 
 
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
@@ -52,7 +52,8 @@ class TrainBench:
 
             torch._inductor.config.cpp.enable_kernel_profile = True
         self.loss = loss_fn(config)
-        self.weights = position_weights(config, self.task)
+        self.weights, self.risk_scale = loss_weights(config, self.task)
+        self.observed = config.training.target != "conditional_mean"
         self.n = config.data.train_samp_per_class
         self.n_train = int(round(config.data.train_prop * self.n))
         self.bs = config.training.batch_size
@@ -68,7 +69,7 @@ class TrainBench:
         sync(self.device)
         t0 = time.perf_counter()
         batch = self.task.sample(self.n, self.gen)
-        weights = sequence_weights(self.weights, self.task, batch)
+        weights = self.batch_weights(batch)  # the prefix risk is part of an epoch's cost, as in training
         for i in range(0, self.n_train, self.bs):
             rows = slice(i, i + self.bs)
             self.step(batch.tokens[rows], batch.target[rows], weight_rows(weights, rows))
@@ -77,7 +78,10 @@ class TrainBench:
 
     def full_batch(self):
         batch = self.task.sample(self.bs, self.gen)
-        return batch.tokens, batch.target, sequence_weights(self.weights, self.task, batch)
+        return batch.tokens, batch.target, self.batch_weights(batch)
+
+    def batch_weights(self, batch):
+        return sequence_weights(self.weights, self.task, batch, risk_scale=self.risk_scale, observed=self.observed)
 
     def flops_per_sequence(self) -> float:
         """Forward + backward FLOPs of one training sequence, counted by ``FlopCounterMode``

@@ -148,6 +148,7 @@ class TrainState:
     sequences: int = 0  # training sequences actually stepped on, summed over epochs
     weights_restored: bool = False  # resume found stale run-level weights and rewrote them
     position_weights: torch.Tensor | None = None  # [P] or per type [G, P] (training.position_weights), None: uniform
+    risk_scale: float | None = None  # inverse_bayes_risk: a term's weight is risk_scale / its prefix's Bayes risk
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -160,6 +161,7 @@ class TrainState:
             "temperature": getattr(self.baseline_fit, "temperature", 0.0),
             "baseline_fit": self.baseline_fit.as_dict() if self.baseline_fit else None,
             "position_weights": self.position_weights.tolist() if self.position_weights is not None else None,
+            "prefix_risk_scale": self.risk_scale,
         }
 
 
@@ -181,13 +183,15 @@ def set_up(config: Config, run: Path, *, resume: bool, force: bool) -> TrainStat
     suite = suite_for(task)
     ckpt = rundir.load_latest_checkpoint(run) if resume else None
     # refuses a family without them before the run dir is touched; a resume keeps the checkpoint's own
-    weights = None if ckpt is not None and ckpt[2].get("position_weights") is not None else position_weights(config, task)
+    weights, risk_scale = ((None, None) if ckpt is not None and ckpt[2].get("position_weights") is not None
+                           else loss_weights(config, task))
     if not resume and ctx.is_main:
         rundir.prepare_run_dir(run, config, force=force)
     distributed.init_process_group(ctx, device)
     model = build_model(config).to(device)
     state = TrainState(
         run=run, config=config, device=device, task=task, suite=suite, model=model, position_weights=weights,
+        risk_scale=risk_scale,
         opt=make_optimizer(model, config),
         data_gen=make_generator(stream_seed(config.seed, DATA_STREAM), device),
         shuffle_gen=make_generator(stream_seed(config.seed, SHUFFLE_STREAM), "cpu"),
@@ -221,6 +225,7 @@ def _restore(state: TrainState, epoch: int, path: Path, saved: dict[str, Any]) -
     if saved.get("position_weights") is not None:  # the weights the run trained with, whatever this code would compute
         state.position_weights = torch.tensor(saved["position_weights"], dtype=DTYPES[state.config.dtype],
                                               device=state.device)
+        state.risk_scale = saved.get("prefix_risk_scale")
     # checkpoints written before ``sequences`` was stored: every epoch trains on all its n_train sequences
     state.sequences = int(saved.get("sequences", epoch * EpochPlan.from_config(state.config).n_train))
 
@@ -299,6 +304,63 @@ POSITION_WEIGHT_SEQUENCES = 16384
 MIN_TYPE_SEQUENCES = 1024  # a type with fewer measuring sequences takes the pooled weights
 
 
+def loss_weights(config: Config, task: TaskFamily) -> tuple[torch.Tensor | None, float | None]:
+    """The run's loss weights: ``(position weights, None)`` (:func:`position_weights`), or for
+    ``inverse_bayes_risk`` ``(fallback rows [G, P], scale)`` (:func:`bayes_risk_weights`)."""
+    if config.training.position_weights == "inverse_bayes_risk":
+        return bayes_risk_weights(config, task)
+    return position_weights(config, task), None
+
+
+def _reference_risk(config: Config, task: TaskFamily, per_type: bool):
+    """The weights' measuring batch (stacking stream, so every rank measures the same), its training target,
+    each sequence's type and the reference's risk per (type, position) ``[G, P]``."""
+    option = config.training.position_weights
+    probe = probe_batch(task)
+    suite = suite_for(task)  # its own: the reference's memo of this batch stays out of the run's suite
+    several = probe.targets.dim() == 2 and probe.targets.shape[1] > 1
+    reference = suite.predictors(None).get(suite.reference_name()) if several else None
+    if reference is None:
+        raise ConfigError(f"training.position_weights {option}: data.task {config.data.task} has no "
+                          f"fit-free reference predictor over several read-out positions")
+    if per_type and task.sequence_types(probe) is None:
+        raise ConfigError(f"training.position_weights {option}: data.task {config.data.task} has one type of "
+                          f"sequence (TaskFamily.sequence_types); use inverse_reference")
+    batch = task.sample(POSITION_WEIGHT_SEQUENCES, make_generator(stream_seed(config.seed, STACKING_STREAM), task.device))
+    target = task.conditional_mean(batch) if config.training.target == "conditional_mean" else batch.targets
+    loss = pointwise_loss(reference(batch).double(), target.double(), config.training.loss)  # [B, P]
+    types = task.sequence_types(batch) if per_type else torch.zeros(len(batch), dtype=torch.long, device=loss.device)
+    counts = torch.bincount(types, minlength=task.n_sequence_types if per_type else 1)
+    pooled = loss.mean(0)
+    risk = torch.stack([loss[types == g].mean(0) if counts[g] >= MIN_TYPE_SEQUENCES else pooled
+                        for g in range(len(counts))])  # [G, P]
+    return suite, batch, target, types, risk
+
+
+def bayes_risk_weights(config: Config, task: TaskFamily) -> tuple[torch.Tensor, float]:
+    """``inverse_bayes_risk``: every (sequence, position) term weighed by 1 / the Bayes posterior's risk given
+    that prefix (:meth:`BaselineSuite.prefix_risk`, a function of the earlier pairs only, so every position's
+    minimiser is unchanged), scaled to mean 1 over the training distribution. At the Bayes predictor each term
+    then has expectation 1 given its prefix: the loss counts every prefix's *relative* excess alike, so the
+    low-noise sequences, whose errors are small in absolute terms, weigh as much as the others.
+
+    Where the family has no closed form (NaN: a type without one, a position before any label), the term takes
+    the reference's risk at that position on the sequence's type, as ``inverse_reference_per_type`` does.
+
+    Returns ``(fallback [G, P], scale)``: the fallback terms' weights and the scale of ``scale / risk``.
+    """
+    per_type = task.sequence_types(probe_batch(task)) is not None
+    suite, batch, _, types, fallback_risk = _reference_risk(config, task, per_type)
+    observed = config.training.target != "conditional_mean"
+    risk = suite.prefix_risk(batch, observed=observed)
+    if risk is None:
+        raise ConfigError(f"training.position_weights inverse_bayes_risk: data.task {config.data.task} has no "
+                          f"closed-form Bayes risk per prefix (BaselineSuite.prefix_risk); use inverse_reference")
+    risk = torch.where(risk.isnan(), fallback_risk[types], risk).clamp_min(1e-12)
+    scale = 1.0 / float((1.0 / risk).mean())
+    return (scale / fallback_risk.clamp_min(1e-12)).to(batch.targets.dtype), scale
+
+
 def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
     """Loss weights of the read-out positions, mean 1 over the training distribution; None for
     ``training.position_weights: uniform``.
@@ -320,35 +382,31 @@ def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
     option = config.training.position_weights
     if option == "uniform":
         return None
-    probe = probe_batch(task)
-    suite = suite_for(task)  # its own: the reference's memo of this batch stays out of the run's suite
-    several = probe.targets.dim() == 2 and probe.targets.shape[1] > 1
-    reference = suite.predictors(None).get(suite.reference_name()) if several else None
-    if reference is None:
-        raise ConfigError(f"training.position_weights {option}: data.task {config.data.task} has no "
-                          f"fit-free reference predictor over several read-out positions")
+    if option == "inverse_bayes_risk":
+        raise ValueError("inverse_bayes_risk weighs each sequence by its prefix: use loss_weights")
     per_type = option == "inverse_reference_per_type"
-    if per_type and task.sequence_types(probe) is None:
-        raise ConfigError(f"training.position_weights {option}: data.task {config.data.task} has one type of "
-                          f"sequence (TaskFamily.sequence_types); use inverse_reference")
-    batch = task.sample(POSITION_WEIGHT_SEQUENCES, make_generator(stream_seed(config.seed, STACKING_STREAM), task.device))
-    target = task.conditional_mean(batch) if config.training.target == "conditional_mean" else batch.targets
-    loss = pointwise_loss(reference(batch).double(), target.double(), config.training.loss)  # [B, P]
-    types = task.sequence_types(batch) if per_type else torch.zeros(len(batch), dtype=torch.long, device=loss.device)
-    counts = torch.bincount(types, minlength=task.n_sequence_types if per_type else 1)
-    pooled = loss.mean(0)
-    risk = torch.stack([loss[types == g].mean(0) if counts[g] >= MIN_TYPE_SEQUENCES else pooled
-                        for g in range(len(counts))])  # [G, P]
+    _, batch, _, types, risk = _reference_risk(config, task, per_type)
     inverse = 1.0 / risk.clamp_min(1e-12)
     inverse = inverse / inverse[types].mean()  # mean 1 over the training sequences and positions
     return (inverse if per_type else inverse[0]).to(batch.targets.dtype)
 
 
-def sequence_weights(weights: torch.Tensor | None, task: TaskFamily, batch: Batch) -> torch.Tensor | None:
-    """The position weights of ``batch``'s sequences: ``[P]`` as they are, per type ``[G, P]`` → ``[B, P]``."""
-    if weights is None or weights.dim() == 1:
+def sequence_weights(weights: torch.Tensor | None, task: TaskFamily, batch: Batch, *,
+                     risk_scale: float | None = None, suite: BaselineSuite | None = None,
+                     observed: bool = False) -> torch.Tensor | None:
+    """The position weights of ``batch``'s sequences: ``[P]`` as they are, per type ``[G, P]`` → ``[B, P]``.
+    With a ``risk_scale`` (``inverse_bayes_risk``): ``risk_scale / the suite's prefix risk`` ``[B, P]`` (on the
+    label where ``observed``, else on its conditional mean), the per-type rows where that is NaN."""
+    if weights is None or (weights.dim() == 1 and risk_scale is None):
         return weights
-    return weights[task.sequence_types(batch)]
+    types = task.sequence_types(batch)
+    rows = weights.unsqueeze(0) if weights.dim() == 1 else weights
+    fallback = rows[types] if types is not None and len(rows) > 1 else rows[0].expand(len(batch), -1)
+    if risk_scale is None:
+        return fallback
+    risk = (suite if suite is not None else suite_for(task)).prefix_risk(batch, observed=observed)
+    weighted = (risk_scale / risk.clamp_min(1e-12)).to(fallback.dtype)
+    return torch.where(risk.isnan(), fallback, weighted)
 
 
 def weight_rows(weights: torch.Tensor | None, rows) -> torch.Tensor | None:
@@ -368,7 +426,9 @@ def training_target(state: TrainState, batch: Batch) -> torch.Tensor:
 def _epoch_batches(state: TrainState, plan: EpochPlan, train_b: Batch):
     order = torch.randperm(plan.n_train, generator=state.shuffle_gen).to(state.device)
     target = training_target(state, train_b)
-    weights = sequence_weights(state.position_weights, state.task, train_b)  # None, [P] or [n_train, P]
+    weights = sequence_weights(state.position_weights, state.task, train_b, risk_scale=state.risk_scale,
+                               suite=state.suite, observed=state.config.training.target != "conditional_mean")
+    # None, [P] or [n_train, P]
     for i in range(plan.steps_per_epoch):
         idx = order[i * plan.batch_size : (i + 1) * plan.batch_size]  # the global batch [B]
         mine = distributed.rank_slice(state.dist, idx)  # this rank's share [b_r]
@@ -420,6 +480,7 @@ def epoch_record(state: TrainState, epoch: int, train_loss: float, test_b, basel
         "train_loss": train_loss,
         **({"train_target": "conditional_mean"} if state.config.training.target == "conditional_mean" else {}),
         **({"train_position_weights": state.position_weights.tolist()} if state.position_weights is not None else {}),
+        **({"train_prefix_risk_scale": state.risk_scale} if state.risk_scale is not None else {}),
         **split_losses(state, test_b, baselines),
     }
 

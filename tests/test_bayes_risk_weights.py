@@ -1,0 +1,179 @@
+"""training.position_weights: inverse_bayes_risk weighs every (sequence, position) term by 1 / the Bayes
+posterior's risk given that prefix (baselines.raw.bayes_mixture_risk), checked against direct Gaussian
+conditioning, against the realised error of the Bayes predictor, and for being a function of the prefix."""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import multivariate_normal
+
+from selectlens.baselines import suite_for
+from selectlens.baselines.raw import RawSuite, bayes_mixture, bayes_mixture_risk
+from selectlens.config import ConfigError, load_config
+from selectlens.tasks import make_generator, make_task
+from selectlens.train import loop, train
+from selectlens.train.loop import loss_weights, sequence_weights
+
+SIGMAS, PROBS = [0.1, 0.5], [0.3, 0.7]
+BAYES = "training.position_weights=inverse_bayes_risk"
+TINY = ["data.train_samp_per_class=2000", "training.batch_size=200", "model.n_embd=32", "model.n_layer=1",
+        "model.n_head=2", "eval.temperature_sequences=200", "training.epochs=1", "training.save_every_epochs=1"]
+
+
+def _risk_by_conditioning(X, Y, sigmas, probs, observed):
+    """tr of the mixture posterior's covariance of v = w/√d (+ E[σ²] for the label), each level's posterior
+    by the d × d Gaussian update, its weight from scipy's marginal likelihood of Y ~ N(0, XXᵀ/d + σ²I)."""
+    n, d = X.shape
+    logw, means, spreads = [], [], []
+    for s, p in zip(sigmas, probs):
+        prec = X.T @ X / s**2 + d * np.eye(d)  # prior precision d·I, likelihood XᵀX/σ²
+        cov = np.linalg.inv(prec)
+        means.append(cov @ X.T @ Y / s**2)
+        spreads.append(np.trace(cov))
+        evidence = multivariate_normal(np.zeros(n), X @ X.T / d + s**2 * np.eye(n)).logpdf(Y) if n else 0.0
+        logw.append(math.log(p) + evidence)
+    post = np.exp(np.array(logw) - max(logw))
+    post /= post.sum()
+    means = np.array(means)
+    mean = post @ means
+    risk = post @ (np.array(spreads) + (means**2).sum(1)) - mean @ mean
+    return risk + (post @ np.array(sigmas) ** 2 if observed else 0.0)
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_the_prefix_risk_matches_direct_gaussian_conditioning(observed):
+    g = torch.Generator().manual_seed(3)
+    B, N, d = 5, 9, 3
+    x = torch.randn(B, N, d, generator=g, dtype=torch.float64)
+    w = torch.randn(B, d, generator=g, dtype=torch.float64)
+    sigma = torch.tensor(SIGMAS, dtype=torch.float64)[torch.randint(2, (B,), generator=g)]
+    y = (x @ w.unsqueeze(-1)).squeeze(-1) / math.sqrt(d) + sigma.unsqueeze(-1) * torch.randn(B, N, generator=g,
+                                                                                             dtype=torch.float64)
+    risk = bayes_mixture_risk(x, y, SIGMAS, PROBS, observed=observed)
+    assert risk.shape == (B, N)
+    for s in range(B):
+        for n in range(N):
+            want = _risk_by_conditioning(x[s, :n].numpy(), y[s, :n].numpy(), SIGMAS, PROBS, observed)
+            assert float(risk[s, n]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_the_prefix_risk_is_the_bayes_predictors_expected_error(observed):
+    """Averaged over sequences, the risk each prefix predicts equals the Bayes mixture's realised squared error
+    against the label's mean (or the label): the risk is of the right predictor and on the right target."""
+    cfg = load_config("mixed_noise_cpu", ["data.d_d=4", "data.N=12", "data.noise_probs=[0.3, 0.7]"])
+    task = make_task(cfg)
+    batch = task.sample(40000, make_generator(11))
+    pred, _ = bayes_mixture(batch.x, batch.y, cfg.data.noise_levels, cfg.data.noise_weights)
+    target = batch.y if observed else task.conditional_mean(batch)
+    err = (pred - target.double()) ** 2
+    risk = bayes_mixture_risk(batch.x, batch.y, cfg.data.noise_levels, cfg.data.noise_weights, observed=observed)
+    for n in range(cfg.data.N):
+        sem = float(err[:, n].std()) / math.sqrt(len(err))
+        assert abs(float(err[:, n].mean() - risk[:, n].mean())) < 4 * sem + 1e-9, n
+
+
+def _weights(cfg, batch, task=None):
+    task = task or make_task(cfg)
+    fallback, scale = loss_weights(cfg, task)
+    return sequence_weights(fallback, task, batch, risk_scale=scale,
+                            observed=cfg.training.target != "conditional_mean")
+
+
+@pytest.mark.parametrize("preset", ["mixed_noise_cpu", "linear_or_logistic_cpu"])
+def test_a_terms_weight_depends_only_on_the_pairs_before_it(preset):
+    """The weights keep every position's minimiser only if they are a function of what the model has read:
+    changing the latents (σ, w) changes none of them, and changing the pairs from position p on changes none
+    at positions ≤ p. (linear_or_logistic: before any label, position 0, the type's row is used; both types'
+    mean is 0 there.)"""
+    cfg = load_config(preset, ["data.d_d=3", "data.N=8", BAYES])
+    task = make_task(cfg)
+    batch = task.sample(400, make_generator(5))
+    weights = _weights(cfg, batch, task)
+    g = torch.Generator().manual_seed(9)
+    latents = replace(batch, sigma=batch.sigma.flip(0), w=torch.randn(batch.w.shape, generator=g))
+    first = 1 if preset == "linear_or_logistic_cpu" else 0
+    assert torch.equal(_weights(cfg, latents, task)[:, first:], weights[:, first:])
+    p = 4
+    later = replace(batch, x=torch.cat([batch.x[:, :p], torch.randn(400, 4, 3, generator=g)], 1),
+                    y=torch.cat([batch.y[:, :p], torch.randn(400, 4, generator=g)], 1))
+    changed = _weights(cfg, later, task)
+    assert torch.equal(changed[:, : p + 1], weights[:, : p + 1])
+    assert not torch.equal(changed[:, p + 1 :], weights[:, p + 1 :])  # the check can fail
+
+
+def test_the_weights_are_one_over_the_prefix_risk_with_mean_one():
+    cfg = load_config("mixed_noise_cpu", ["data.d_d=4", "data.N=10", BAYES])
+    task = make_task(cfg)
+    batch = task.sample(20000, make_generator(21))
+    weights = _weights(cfg, batch, task).double()
+    risk = bayes_mixture_risk(batch.x, batch.y, cfg.data.noise_levels, cfg.data.noise_weights)
+    ratio = weights * risk  # the scale, the same for every term
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.mean())), rtol=1e-5, atol=0)
+    assert float(weights.mean()) == pytest.approx(1.0, rel=0.05)  # scaled on other sequences (stacking stream)
+    low = (batch.sigma == 0.1).unsqueeze(-1)
+    assert float(weights[:, -1][low[:, 0]].mean()) > 10 * float(weights[:, -1][~low[:, 0]].mean())
+
+
+def test_linear_or_logistic_signs_take_their_per_type_row():
+    """Classification prefixes (every label ±1) have no closed form: their terms take the reference's per-type
+    row; regression prefixes 1 / the mixture's risk."""
+    cfg = load_config("linear_or_logistic_cpu", ["data.d_d=3", "data.N=8", BAYES, "training.target=conditional_mean"])
+    task = make_task(cfg)
+    batch = task.sample(600, make_generator(4))
+    fallback, scale = loss_weights(cfg, task)
+    weights = _weights(cfg, batch, task)
+    cls = ~batch.is_regression
+    assert fallback.shape == (2, 8) and cls.any() and (~cls).any()
+    assert torch.equal(weights[cls], fallback[1].expand(int(cls.sum()), -1))
+    risk = bayes_mixture_risk(batch.x, batch.y, cfg.data.noise_levels, cfg.data.noise_weights)
+    torch.testing.assert_close(weights[~cls][:, 1:].double(), (scale / risk[~cls][:, 1:]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(weights[~cls][:, 0], fallback[0, 0].expand(int((~cls).sum())))
+
+
+def test_a_family_without_a_closed_form_is_refused(monkeypatch):
+    monkeypatch.setattr(RawSuite, "prefix_risk", lambda self, batch, observed: None)
+    cfg = load_config("mixed_noise_cpu", [BAYES])
+    with pytest.raises(ConfigError, match="closed-form Bayes risk"):
+        loss_weights(cfg, make_task(cfg))
+
+
+def test_training_steps_on_the_prefix_risk_weights(tmp_path, monkeypatch):
+    """Every step's weights are scale / the risk computed from the step's own tokens (x and the earlier labels
+    read back from the per-example layout); the record and the checkpoint keep the scale."""
+    seen = []
+
+    def spy(model, tokens, target, readout, kind, positions, weights):
+        seen.append((tokens.clone(), weights))
+        return real(model, tokens, target, readout, kind, positions, weights)
+
+    real = loop.batch_loss
+    monkeypatch.setattr(loop, "batch_loss", spy)
+    cfg = load_config("mixed_noise_cpu", TINY + [BAYES])
+    train(cfg, tmp_path / "run", progress=False)
+    _, scale = loss_weights(cfg, make_task(cfg))
+    d = cfg.data.d_d
+    assert len(seen) == 9
+    for tokens, weights in seen:
+        x, y = tokens[..., :d].double(), torch.cat([tokens[:, 1:, d], tokens[:, :1, d]], 1).double()  # y_{N−1} unused
+        want = scale / bayes_mixture_risk(x, y, cfg.data.noise_levels, cfg.data.noise_weights)
+        torch.testing.assert_close(weights.double(), want, rtol=1e-5, atol=0)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["train_prefix_risk_scale"] == pytest.approx(scale, rel=1e-12)
+
+
+def test_training_with_prefix_risk_weights_resumes_exactly(tmp_path, monkeypatch):
+    """A resume takes the scale and the fallback rows from the checkpoint: measuring them on other sequences
+    between the two halves leaves the resumed run bitwise equal to the uninterrupted one."""
+    cfg = load_config("linear_or_logistic_cpu", TINY + ["training.epochs=3", BAYES])
+    train(cfg, tmp_path / "whole", progress=False)
+    train(cfg, tmp_path / "split", progress=False, max_minutes=1e-9)
+    monkeypatch.setattr(loop, "POSITION_WEIGHT_SEQUENCES", 64)  # another scale, were it recomputed
+    assert loss_weights(cfg, make_task(cfg))[1] != pytest.approx(
+        json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[0])["train_prefix_risk_scale"])
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "split" / "model.safetensors").read_bytes()
