@@ -142,8 +142,9 @@ def test_a_family_without_a_closed_form_is_refused(monkeypatch):
         loss_weights(cfg, make_task(cfg))
 
 
-def test_training_steps_on_the_prefix_risk_weights(tmp_path, monkeypatch):
-    """Every step's weights are scale / the risk computed from the step's own tokens (x and the earlier labels
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_training_steps_on_the_prefix_risk_weights(tmp_path, monkeypatch, power):
+    """Every step's weights are scale / risk^β, the risk computed from the step's own tokens (x and the earlier labels
     read back from the per-example layout); the record and the checkpoint keep the scale."""
     seen = []
 
@@ -153,14 +154,14 @@ def test_training_steps_on_the_prefix_risk_weights(tmp_path, monkeypatch):
 
     real = loop.batch_loss
     monkeypatch.setattr(loop, "batch_loss", spy)
-    cfg = load_config("mixed_noise_cpu", TINY + [BAYES])
+    cfg = load_config("mixed_noise_cpu", TINY + [BAYES, f"training.bayes_risk_power={power}"])
     train(cfg, tmp_path / "run", progress=False)
     _, scale = loss_weights(cfg, make_task(cfg))
     d = cfg.data.d_d
     assert len(seen) == 9
     for tokens, weights in seen:
         x, y = tokens[..., :d].double(), torch.cat([tokens[:, 1:, d], tokens[:, :1, d]], 1).double()  # y_{N−1} unused
-        want = scale / bayes_mixture_risk(x, y, cfg.data.noise_levels, cfg.data.noise_weights)
+        want = scale / bayes_mixture_risk(x, y, cfg.data.noise_levels, cfg.data.noise_weights) ** power
         torch.testing.assert_close(weights.double(), want, rtol=1e-5, atol=0)
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_prefix_risk_scale"] == pytest.approx(scale, rel=1e-12)
@@ -177,3 +178,28 @@ def test_training_with_prefix_risk_weights_resumes_exactly(tmp_path, monkeypatch
         json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[0])["train_prefix_risk_scale"])
     train(cfg, tmp_path / "split", resume=True, progress=False)
     assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "split" / "model.safetensors").read_bytes()
+
+
+def test_a_power_below_one_tempers_the_weights():
+    """bayes_risk_power β: the weights are scale / risk^β — their log-spread is β times that of β = 1 — and
+    still mean 1."""
+    sets = ["data.d_d=4", "data.N=10", BAYES]
+    task = make_task(load_config("mixed_noise_cpu", sets))
+    batch = task.sample(20000, make_generator(21))
+    full = _weights(load_config("mixed_noise_cpu", sets), batch, task).double()
+    cfg = load_config("mixed_noise_cpu", sets + ["training.bayes_risk_power=0.5"])
+    fallback, scale = loss_weights(cfg, task)
+    half = sequence_weights(fallback, task, batch, risk_scale=scale, power=0.5).double()
+    risk = bayes_mixture_risk(batch.x, batch.y, cfg.data.noise_levels, cfg.data.noise_weights)
+    ratio = half * risk.sqrt()
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.mean())), rtol=1e-5, atol=0)
+    assert float(half.log().std()) == pytest.approx(0.5 * float(full.log().std()), rel=1e-6)
+    assert float(half.mean()) == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("sets, message", [(["training.bayes_risk_power=0.5"], "inverse_bayes_risk only"),
+                                           ([BAYES, "training.bayes_risk_power=0"], "bayes_risk_power"),
+                                           ([BAYES, "training.bayes_risk_power=1.5"], "bayes_risk_power")])
+def test_a_bad_power_is_refused_when_the_config_loads(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("mixed_noise_cpu", sets)

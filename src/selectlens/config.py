@@ -265,6 +265,9 @@ class TrainingConfig(_Section):
         "linear_or_logistic), or each (sequence, position) by 1 / the Bayes posterior's risk given its prefix "
         "(inverse_bayes_risk: every prefix's relative excess counts alike; families with a closed-form posterior). "
         "Eval is unweighted.")
+    bayes_risk_power: float = Field(
+        1.0, gt=0, le=1, description="position_weights inverse_bayes_risk: weigh by 1 / risk^power (below 1 tempers "
+        "the weights' spread; still the same minimiser).")
     compile: bool = Field(False, description="torch.compile the loss (forward + backward); compile time counts in the run.")
     fused_adam: bool = Field(False, description="Adam's fused single-kernel update (CPU, CUDA): same maths, another trajectory.")
 
@@ -273,6 +276,9 @@ class TrainingConfig(_Section):
         if self.position_weights != "uniform" and (self.loss_positions != "all" or self.curriculum is not None):
             raise ValueError(f"position_weights {self.position_weights} needs loss_positions all and no curriculum "
                              f"(set training.position_weights=uniform to train without the weights)")
+        if self.bayes_risk_power != 1 and self.position_weights != "inverse_bayes_risk":
+            raise ValueError(f"bayes_risk_power {self.bayes_risk_power:g} applies to position_weights inverse_bayes_risk "
+                             f"only (got {self.position_weights})")
         return self
 
     @field_validator("lr")

@@ -81,7 +81,8 @@ class TrainBench:
         return batch.tokens, batch.target, self.batch_weights(batch)
 
     def batch_weights(self, batch):
-        return sequence_weights(self.weights, self.task, batch, risk_scale=self.risk_scale, observed=self.observed)
+        return sequence_weights(self.weights, self.task, batch, risk_scale=self.risk_scale, observed=self.observed,
+                                power=self.config.training.bayes_risk_power)
 
     def flops_per_sequence(self) -> float:
         """Forward + backward FLOPs of one training sequence, counted by ``FlopCounterMode``

@@ -347,7 +347,10 @@ def bayes_risk_weights(config: Config, task: TaskFamily) -> tuple[torch.Tensor, 
     Where the family has no closed form (NaN: a type without one, a position before any label), the term takes
     the reference's risk at that position on the sequence's type, as ``inverse_reference_per_type`` does.
 
-    Returns ``(fallback [G, P], scale)``: the fallback terms' weights and the scale of ``scale / risk``.
+    ``training.bayes_risk_power`` β < 1 tempers it, ``scale / risk^β`` (still a function of the prefix): the
+    weights' spread shrinks to its β-th power.
+
+    Returns ``(fallback [G, P], scale)``: the fallback terms' weights and the scale of ``scale / risk^β``.
     """
     per_type = task.sequence_types(probe_batch(task)) is not None
     suite, batch, _, types, fallback_risk = _reference_risk(config, task, per_type)
@@ -356,9 +359,10 @@ def bayes_risk_weights(config: Config, task: TaskFamily) -> tuple[torch.Tensor, 
     if risk is None:
         raise ConfigError(f"training.position_weights inverse_bayes_risk: data.task {config.data.task} has no "
                           f"closed-form Bayes risk per prefix (BaselineSuite.prefix_risk); use inverse_reference")
-    risk = torch.where(risk.isnan(), fallback_risk[types], risk).clamp_min(1e-12)
+    power = config.training.bayes_risk_power
+    risk = torch.where(risk.isnan(), fallback_risk[types], risk).clamp_min(1e-12) ** power
     scale = 1.0 / float((1.0 / risk).mean())
-    return (scale / fallback_risk.clamp_min(1e-12)).to(batch.targets.dtype), scale
+    return (scale / fallback_risk.clamp_min(1e-12) ** power).to(batch.targets.dtype), scale
 
 
 def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
@@ -393,10 +397,10 @@ def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
 
 def sequence_weights(weights: torch.Tensor | None, task: TaskFamily, batch: Batch, *,
                      risk_scale: float | None = None, suite: BaselineSuite | None = None,
-                     observed: bool = False) -> torch.Tensor | None:
+                     observed: bool = False, power: float = 1.0) -> torch.Tensor | None:
     """The position weights of ``batch``'s sequences: ``[P]`` as they are, per type ``[G, P]`` → ``[B, P]``.
-    With a ``risk_scale`` (``inverse_bayes_risk``): ``risk_scale / the suite's prefix risk`` ``[B, P]`` (on the
-    label where ``observed``, else on its conditional mean), the per-type rows where that is NaN."""
+    With a ``risk_scale`` (``inverse_bayes_risk``): ``risk_scale / the suite's prefix risk ** power`` ``[B, P]`` (on
+    the label where ``observed``, else on its conditional mean), the per-type rows where that is NaN."""
     if weights is None or (weights.dim() == 1 and risk_scale is None):
         return weights
     types = task.sequence_types(batch)
@@ -405,7 +409,7 @@ def sequence_weights(weights: torch.Tensor | None, task: TaskFamily, batch: Batc
     if risk_scale is None:
         return fallback
     risk = (suite if suite is not None else suite_for(task)).prefix_risk(batch, observed=observed)
-    weighted = (risk_scale / risk.clamp_min(1e-12)).to(fallback.dtype)
+    weighted = (risk_scale / risk.clamp_min(1e-12) ** power).to(fallback.dtype)
     return torch.where(risk.isnan(), fallback, weighted)
 
 
@@ -426,8 +430,9 @@ def training_target(state: TrainState, batch: Batch) -> torch.Tensor:
 def _epoch_batches(state: TrainState, plan: EpochPlan, train_b: Batch):
     order = torch.randperm(plan.n_train, generator=state.shuffle_gen).to(state.device)
     target = training_target(state, train_b)
+    t = state.config.training
     weights = sequence_weights(state.position_weights, state.task, train_b, risk_scale=state.risk_scale,
-                               suite=state.suite, observed=state.config.training.target != "conditional_mean")
+                               suite=state.suite, observed=t.target != "conditional_mean", power=t.bayes_risk_power)
     # None, [P] or [n_train, P]
     for i in range(plan.steps_per_epoch):
         idx = order[i * plan.batch_size : (i + 1) * plan.batch_size]  # the global batch [B]
