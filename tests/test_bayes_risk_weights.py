@@ -203,3 +203,27 @@ def test_a_power_below_one_tempers_the_weights():
 def test_a_bad_power_is_refused_when_the_config_loads(sets, message):
     with pytest.raises(ConfigError, match=message):
         load_config("mixed_noise_cpu", sets)
+
+
+@pytest.mark.parametrize("scale", [None, "1", -0.5, float("nan")])
+def test_a_checkpoint_without_a_usable_scale_is_a_one_line_error(tmp_path, scale):
+    """Resuming a prefix-risk-weighted run whose checkpoint lost its scale names the file and the key; nothing
+    of the run is changed."""
+    import subprocess
+    import sys
+
+    from selectlens.rundir import checkpoint_dirs
+
+    cfg = load_config("mixed_noise_cpu", TINY + [BAYES])
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    state_file = checkpoint_dirs(run)[-1][1] / "state.pt"
+    saved = torch.load(state_file, weights_only=True)
+    saved["prefix_risk_scale"] = scale
+    torch.save(saved, state_file)
+    before = (run / "metrics.jsonl").read_bytes()
+    out = subprocess.run([sys.executable, "-m", "selectlens", "train", "--out", str(run), "--resume", "--quiet"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "prefix_risk_scale" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert (run / "metrics.jsonl").read_bytes() == before

@@ -180,3 +180,15 @@ def test_non_finite_eval_numbers_are_flagged():
     from selectlens.evaluate.runner import non_finite_keys
 
     assert non_finite_keys({"a": 1.0, "b": {"c": float("nan"), "d": [0.0, float("inf")]}}) == ["b.c", "b.d.1"]
+
+
+@pytest.mark.parametrize("argv, code", [(["--version"], 0), (["train", "--config", "no_such_preset"], 2)])
+def test_python_dash_m_exits_with_the_commands_status(argv, code, tmp_path):
+    """``python -m selectlens`` (where the script is not on the PATH) exits with the command's status, so a
+    failed command fails a shell pipeline or a CI step."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "selectlens", *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == code, out.stderr
+    assert "Traceback" not in out.stderr

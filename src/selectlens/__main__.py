@@ -2,4 +2,4 @@
 
 from selectlens.cli import main
 
-main()
+raise SystemExit(main())

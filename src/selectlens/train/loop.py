@@ -225,9 +225,19 @@ def _restore(state: TrainState, epoch: int, path: Path, saved: dict[str, Any]) -
     if saved.get("position_weights") is not None:  # the weights the run trained with, whatever this code would compute
         state.position_weights = torch.tensor(saved["position_weights"], dtype=DTYPES[state.config.dtype],
                                               device=state.device)
-        state.risk_scale = saved.get("prefix_risk_scale")
+        state.risk_scale = _saved_risk_scale(state.config, path, saved.get("prefix_risk_scale"))
     # checkpoints written before ``sequences`` was stored: every epoch trains on all its n_train sequences
     state.sequences = int(saved.get("sequences", epoch * EpochPlan.from_config(state.config).n_train))
+
+
+def _saved_risk_scale(config: Config, path: Path, scale: Any) -> float | None:
+    """A checkpoint's ``prefix_risk_scale``: a positive number for a run weighted by ``inverse_bayes_risk``, else None."""
+    if config.training.position_weights != "inverse_bayes_risk":
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise rundir.RunDirError(f"{path}: the checkpoint's prefix_risk_scale is {scale!r}, not a positive number "
+                                 f"(training.position_weights inverse_bayes_risk needs it)")
+    return float(scale)
 
 
 def train_step(state: TrainState, loss: LossFn, tokens: torch.Tensor, target: torch.Tensor, lr: float,
