@@ -5,6 +5,7 @@ conditioning, against the realised error of the Bayes predictor, and for being a
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from scipy.stats import multivariate_normal
 
 from selectlens.baselines import suite_for
-from selectlens.baselines.raw import RawSuite, bayes_mixture, bayes_mixture_risk
+from selectlens.baselines.raw import bayes_mixture, bayes_mixture_risk
 from selectlens.config import ConfigError, load_config
 from selectlens.tasks import make_generator, make_task
 from selectlens.train import loop, train
@@ -80,8 +81,7 @@ def test_the_prefix_risk_is_the_bayes_predictors_expected_error(observed):
 def _weights(cfg, batch, task=None):
     task = task or make_task(cfg)
     fallback, scale = loss_weights(cfg, task)
-    return sequence_weights(fallback, task, batch, risk_scale=scale,
-                            observed=cfg.training.target != "conditional_mean")
+    return sequence_weights(fallback, task, batch, risk_scale=scale, training=cfg.training)
 
 
 @pytest.mark.parametrize("preset", ["mixed_noise_cpu", "linear_or_logistic_cpu"])
@@ -95,9 +95,13 @@ def test_a_terms_weight_depends_only_on_the_pairs_before_it(preset):
     batch = task.sample(400, make_generator(5))
     weights = _weights(cfg, batch, task)
     g = torch.Generator().manual_seed(9)
-    latents = replace(batch, sigma=batch.sigma.flip(0), w=torch.randn(batch.w.shape, generator=g))
-    first = 1 if preset == "linear_or_logistic_cpu" else 0
-    assert torch.equal(_weights(cfg, latents, task)[:, first:], weights[:, first:])
+    latents = replace(batch, sigma=batch.sigma.flip(0), w=torch.randn(batch.w.shape, generator=g),
+                      is_regression=batch.is_regression.flip(0))
+    # every term with a closed form (all of mixed_noise; linear_or_logistic's regression prefixes and position
+    # 0); a sign prefix takes its type's row, a type its labels reveal (a regression label is ±1 w.p. 0)
+    closed = ~suite_for(task).prefix_risk(batch, observed=False).isnan()
+    assert closed[:, 0].all() and (closed.all() if preset == "mixed_noise_cpu" else not closed.all())
+    assert torch.equal(_weights(cfg, latents, task)[closed], weights[closed])
     p = 4
     later = replace(batch, x=torch.cat([batch.x[:, :p], torch.randn(400, 4, 3, generator=g)], 1),
                     y=torch.cat([batch.y[:, :p], torch.randn(400, 4, generator=g)], 1))
@@ -121,7 +125,8 @@ def test_the_weights_are_one_over_the_prefix_risk_with_mean_one():
 
 def test_linear_or_logistic_signs_take_their_per_type_row():
     """Classification prefixes (every label ±1) have no closed form: their terms take the reference's per-type
-    row; regression prefixes 1 / the mixture's risk."""
+    row; regression prefixes 1 / the mixture's risk; before any label, 1 / the prior's E[target²] = 1 for both
+    types (the conditional-mean target: E[(xᵀw/√d)²] = 1 and sign² = 1)."""
     cfg = load_config("linear_or_logistic_cpu", ["data.d_d=3", "data.N=8", BAYES, "training.target=conditional_mean"])
     task = make_task(cfg)
     batch = task.sample(600, make_generator(4))
@@ -129,21 +134,50 @@ def test_linear_or_logistic_signs_take_their_per_type_row():
     weights = _weights(cfg, batch, task)
     cls = ~batch.is_regression
     assert fallback.shape == (2, 8) and cls.any() and (~cls).any()
-    assert torch.equal(weights[cls], fallback[1].expand(int(cls.sum()), -1))
+    assert torch.equal(weights[cls][:, 1:], fallback[1, 1:].expand(int(cls.sum()), -1))
     risk = bayes_mixture_risk(batch.x, batch.y, cfg.data.noise_levels, cfg.data.noise_weights)
     torch.testing.assert_close(weights[~cls][:, 1:].double(), (scale / risk[~cls][:, 1:]), rtol=1e-6, atol=0)
-    torch.testing.assert_close(weights[~cls][:, 0], fallback[0, 0].expand(int((~cls).sum())))
+    torch.testing.assert_close(weights[:, 0].double(), torch.full((600,), scale, dtype=torch.float64), rtol=1e-6, atol=0)
 
 
-def test_a_family_without_a_closed_form_is_refused(monkeypatch):
-    monkeypatch.setattr(RawSuite, "prefix_risk", lambda self, batch, observed: None)
-    cfg = load_config("mixed_noise_cpu", [BAYES])
+def test_linear_or_logistic_prior_risk_on_the_label():
+    """Against the label, position 0's risk is E[y²] = p(1 + E[σ²]) + (1 − p), from the config's numbers."""
+    cfg = load_config("linear_or_logistic_cpu", ["data.d_d=3", "data.N=6", "data.p_regression=0.3",
+                                                 "data.noise_probs=[0.25, 0.75]", "training.target=observed"])
+    task = make_task(cfg)
+    batch = task.sample(50, make_generator(2))
+    risk = suite_for(task).prefix_risk(batch, observed=True)
+    want = 0.3 * (1 + 0.25 * 0.1**2 + 0.75 * 0.5**2) + 0.7
+    torch.testing.assert_close(risk[:, 0], torch.full((50,), want, dtype=torch.float64))
+    y = task.sample(200000, make_generator(3)).y[:, 0].double()  # and it is the labels' second moment
+    assert float((y**2).mean()) == pytest.approx(want, rel=0.02)
+
+
+@pytest.mark.parametrize("sets", [["data.task=task_diversity", "data.pool_size=4", "data.noise_levels=[0.5]"],
+                                  ["data.task=my_task:LaplaceNoiseTask"]])
+def test_a_family_whose_prior_is_not_the_mixtures_is_refused(sets, monkeypatch):
+    """The raw suites' mixture risk is the Bayes risk of the mixed-noise prior only: a family that inherits the
+    suite with another prior (task diversity's pool, the example's Laplace noise) is refused, not misweighted."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    cfg = load_config("mixed_noise_cpu", sets + [BAYES])
     with pytest.raises(ConfigError, match="closed-form Bayes risk"):
         loss_weights(cfg, make_task(cfg))
 
 
-@pytest.mark.parametrize("power", [1.0, 0.5])
-def test_training_steps_on_the_prefix_risk_weights(tmp_path, monkeypatch, power):
+def test_a_loss_other_than_squared_error_is_refused():
+    """The raw presets refuse bce when the config loads; a family that allowed it would still not get weights
+    in squared-error units for a log-loss."""
+    with pytest.raises(ConfigError, match="loss"):
+        load_config("mixed_noise_cpu", [BAYES, "training.loss=bce"])
+    cfg = load_config("mixed_noise_cpu", [BAYES])
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"loss": "bce"})})
+    with pytest.raises(ConfigError, match="squared error"):
+        loss_weights(cfg, make_task(cfg))
+
+
+@pytest.mark.parametrize("power, sets", [(1.0, []), (0.5, []), (1.0, ["training.target=observed"]),
+                                         (0.5, ["data.layout=interleaved", "training.target=observed"])])
+def test_training_steps_on_the_prefix_risk_weights(tmp_path, monkeypatch, power, sets):
     """Every step's weights are scale / risk^β, the risk computed from the step's own tokens (x and the earlier labels
     read back from the per-example layout); the record and the checkpoint keep the scale."""
     seen = []
@@ -154,14 +188,19 @@ def test_training_steps_on_the_prefix_risk_weights(tmp_path, monkeypatch, power)
 
     real = loop.batch_loss
     monkeypatch.setattr(loop, "batch_loss", spy)
-    cfg = load_config("mixed_noise_cpu", TINY + [BAYES, f"training.bayes_risk_power={power}"])
+    cfg = load_config("mixed_noise_cpu", TINY + sets + [BAYES, f"training.bayes_risk_power={power}"])
     train(cfg, tmp_path / "run", progress=False)
+    observed = cfg.training.target == "observed"
     _, scale = loss_weights(cfg, make_task(cfg))
     d = cfg.data.d_d
     assert len(seen) == 9
     for tokens, weights in seen:
-        x, y = tokens[..., :d].double(), torch.cat([tokens[:, 1:, d], tokens[:, :1, d]], 1).double()  # y_{N−1} unused
-        want = scale / bayes_mixture_risk(x, y, cfg.data.noise_levels, cfg.data.noise_weights) ** power
+        if cfg.data.layout == "interleaved":  # [x_i, 0] at 2i, [0…0, y_i] at 2i + 1
+            x, y = tokens[:, 0::2, :d].double(), tokens[:, 1::2, d].double()
+        else:  # [x_i, y_{i−1}]; y_{N−1} is not in the tokens and no weight needs it
+            x, y = tokens[..., :d].double(), torch.cat([tokens[:, 1:, d], tokens[:, :1, d]], 1).double()
+        risk = bayes_mixture_risk(x, y, cfg.data.noise_levels, cfg.data.noise_weights, observed=observed)
+        want = scale / risk**power
         torch.testing.assert_close(weights.double(), want, rtol=1e-5, atol=0)
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_prefix_risk_scale"] == pytest.approx(scale, rel=1e-12)
@@ -189,7 +228,7 @@ def test_a_power_below_one_tempers_the_weights():
     full = _weights(load_config("mixed_noise_cpu", sets), batch, task).double()
     cfg = load_config("mixed_noise_cpu", sets + ["training.bayes_risk_power=0.5"])
     fallback, scale = loss_weights(cfg, task)
-    half = sequence_weights(fallback, task, batch, risk_scale=scale, power=0.5).double()
+    half = sequence_weights(fallback, task, batch, risk_scale=scale, training=cfg.training).double()
     risk = bayes_mixture_risk(batch.x, batch.y, cfg.data.noise_levels, cfg.data.noise_weights)
     ratio = half * risk.sqrt()
     torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.mean())), rtol=1e-5, atol=0)

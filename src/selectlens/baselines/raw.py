@@ -38,7 +38,7 @@ from selectlens.tasks.fitting import logistic_fit
 
 from selectlens.baselines.suite import BaselineFit, BaselineSuite, register_suite, suite_for
 from selectlens.tasks.protocol import STACKING_STREAM, make_generator, stream_seed
-from selectlens.tasks.raw import LinearOrLogisticTask, RawBatch, RawTask
+from selectlens.tasks.raw import LinearOrLogisticTask, MixedNoiseRegressionTask, RawBatch, RawTask
 
 RawPredictor = Callable[["RawBatch"], Tensor]
 
@@ -170,19 +170,24 @@ def bayes_mixture_risk(x: Tensor, y: Tensor, sigmas: list[float], probs: list[fl
     Under the prior of :func:`bayes_mixture` (``v = w/√d ~ N(0, I_d/d)``, σ = σ_k with probability π_k), the
     posterior of v given σ_k and the first n pairs is ``N(μ_k, σ_k² A_k⁻¹)`` with ``A_k = XᵀX + dσ_k² I``
     and ``μ_k`` the ridge weights at λ_k = dσ_k². The mixture posterior's covariance is
-    ``C = Σ_k π_k(n)(σ_k² A_k⁻¹ + μ_k μ_kᵀ) − μ̄ μ̄ᵀ`` (μ̄ = Σ_k π_k(n) μ_k), so the posterior mean's expected
+    ``C = Σ_k π_k(n)(σ_k² A_k⁻¹ + (μ_k − μ̄)(μ_k − μ̄)ᵀ)`` (μ̄ = Σ_k π_k(n) μ_k), so the posterior mean's expected
     squared error against the label's mean ``x_nᵀv`` is ``E x_nᵀ C x_n = tr C``; against the label itself
     (``observed``) it adds the posterior mean of σ², ``Σ_k π_k(n) σ_k²``. Averaging over the query keeps the
     weight bounded where x_n ≈ 0 (``training.position_weights: inverse_bayes_risk``, docs/design.md#position-weights).
+    Sequences go through in chunks, so the per-prefix posterior means never exist for the whole batch at once.
     """
-    d = x.shape[-1]
+    B, _, d = x.shape
+    chunk = max(1, _CHUNK_ELEMENTS // (len(sigmas) * d * d))
+    if B > chunk:
+        return torch.cat([bayes_mixture_risk(x[i : i + chunk], y[i : i + chunk], sigmas, probs, observed=observed)
+                          for i in range(0, B, chunk)])
     s2 = torch.tensor(sigmas, dtype=torch.float64, device=x.device) ** 2
     log_prior = torch.tensor(probs, dtype=torch.float64, device=x.device).log()
     _, rss, logdet, coef, trace = ridge_filter(x, y, d * s2, moments=True)
     post = torch.softmax(noise_log_evidence(rss, logdet, s2.sqrt()) + log_prior, dim=-1)  # [B, N, K]
-    mean = (post.unsqueeze(-1) * coef).sum(-2)  # [B, N, d]
-    second = (post * (s2 * trace + (coef**2).sum(-1))).sum(-1)  # E[|v|²-like] terms: Σ π (σ² tr A⁻¹ + |μ|²)
-    risk = second - (mean**2).sum(-1)
+    mean = (post.unsqueeze(-1) * coef).sum(-2, keepdim=True)  # [B, N, 1, d]: μ̄
+    spread = s2 * trace + ((coef - mean) ** 2).sum(-1)  # [B, N, K]: σ_k² tr A_k⁻¹ + |μ_k − μ̄|², each ≥ 0
+    risk = (post * spread).sum(-1)
     return risk + (post * s2).sum(-1) if observed else risk
 
 
@@ -373,8 +378,12 @@ class RawSuite(BaselineSuite):
             out["best_single_ridge"] = single_ridge(lams)
         return out
 
-    def prefix_risk(self, batch: "RawBatch", *, observed: bool) -> Tensor:
-        """The Bayes mixture's risk given the earlier pairs (:func:`bayes_mixture_risk`)."""
+    def prefix_risk(self, batch: "RawBatch", *, observed: bool) -> Tensor | None:
+        """The Bayes mixture's risk given the earlier pairs (:func:`bayes_mixture_risk`); None for a family whose
+        prior is not the mixed-noise one (task diversity's pool, a user's subclass with other noise): the
+        mixture is no longer its Bayes predictor."""
+        if type(self.task) not in (MixedNoiseRegressionTask, LinearOrLogisticTask):
+            return None
         return bayes_mixture_risk(batch.x, batch.y, list(self.task.noise_levels), list(self.task.noise_probs),
                                   observed=observed)
 
@@ -412,12 +421,19 @@ class LinearOrLogisticSuite(RawSuite):
         })
         return out
 
-    def prefix_risk(self, batch: "RawBatch", *, observed: bool) -> Tensor:
+    def prefix_risk(self, batch: "RawBatch", *, observed: bool) -> Tensor | None:
         """The Bayes mixture's risk where a visible label is not ±1 (a regression prefix, read off the labels
-        as the model reads them); NaN before any label and on prefixes of signs (no closed form)."""
+        as the model reads them); before any label, the prior's: the Bayes prediction is 0 for both types, its
+        risk ``E[target²]`` = p·(1 + E[σ²] if ``observed``) + (1 − p)·1; NaN on prefixes of signs (no closed
+        form: the training code takes the classification type's per-position weight there)."""
         risk = super().prefix_risk(batch, observed=observed)
+        if risk is None:
+            return None
+        p = self.task.data.p_regression
+        noise = sum(q * s * s for q, s in zip(self.task.noise_probs, self.task.noise_levels)) if observed else 0.0
+        risk[:, 0] = p * (1.0 + noise) + (1.0 - p)
         regression_seen = ~labels_look_binary(batch.y)
-        regression_seen[:, 0] = False  # no label read yet: the type is not in the prefix
+        regression_seen[:, 0] = True  # the prior's risk, the same for every sequence
         return torch.where(regression_seen, risk, torch.full_like(risk, math.nan))
 
 

@@ -53,7 +53,6 @@ class TrainBench:
             torch._inductor.config.cpp.enable_kernel_profile = True
         self.loss = loss_fn(config)
         self.weights, self.risk_scale = loss_weights(config, self.task)
-        self.observed = config.training.target != "conditional_mean"
         self.n = config.data.train_samp_per_class
         self.n_train = int(round(config.data.train_prop * self.n))
         self.bs = config.training.batch_size
@@ -81,8 +80,8 @@ class TrainBench:
         return batch.tokens, batch.target, self.batch_weights(batch)
 
     def batch_weights(self, batch):
-        return sequence_weights(self.weights, self.task, batch, risk_scale=self.risk_scale, observed=self.observed,
-                                power=self.config.training.bayes_risk_power)
+        return sequence_weights(self.weights, self.task, batch, risk_scale=self.risk_scale,
+                                training=self.config.training)
 
     def flops_per_sequence(self) -> float:
         """Forward + backward FLOPs of one training sequence, counted by ``FlopCounterMode``

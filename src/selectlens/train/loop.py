@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from selectlens.baselines import BaselineSuite, pointwise_loss, suite_for
-from selectlens.config import Config, ConfigError, check_device
+from selectlens.config import Config, ConfigError, TrainingConfig, check_device
 from selectlens.errors import SelectLensError
 from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 from selectlens.model.checkpoint import load_weights, read_safetensors
@@ -322,11 +322,14 @@ def loss_weights(config: Config, task: TaskFamily) -> tuple[torch.Tensor | None,
     return position_weights(config, task), None
 
 
-def _reference_risk(config: Config, task: TaskFamily, per_type: bool):
+def _reference_risk(config: Config, task: TaskFamily, per_type: bool | None):
     """The weights' measuring batch (stacking stream, so every rank measures the same), its training target,
-    each sequence's type and the reference's risk per (type, position) ``[G, P]``."""
+    each sequence's type and the reference's risk per (type, position) ``[G, P]``. ``per_type`` None: per
+    type where the family has types."""
     option = config.training.position_weights
     probe = probe_batch(task)
+    if per_type is None:
+        per_type = task.sequence_types(probe) is not None
     suite = suite_for(task)  # its own: the reference's memo of this batch stays out of the run's suite
     several = probe.targets.dim() == 2 and probe.targets.shape[1] > 1
     reference = suite.predictors(None).get(suite.reference_name()) if several else None
@@ -354,16 +357,19 @@ def bayes_risk_weights(config: Config, task: TaskFamily) -> tuple[torch.Tensor, 
     then has expectation 1 given its prefix: the loss counts every prefix's *relative* excess alike, so the
     low-noise sequences, whose errors are small in absolute terms, weigh as much as the others.
 
-    Where the family has no closed form (NaN: a type without one, a position before any label), the term takes
-    the reference's risk at that position on the sequence's type, as ``inverse_reference_per_type`` does.
+    Where the family has no closed form (NaN: linear_or_logistic's prefixes of signs), the term takes the
+    reference's risk at that position on the sequence's type, as ``inverse_reference_per_type`` does (the type
+    the prefix reveals: :meth:`TaskFamily.sequence_types`). Squared-error losses only.
 
     ``training.bayes_risk_power`` β < 1 tempers it, ``scale / risk^β`` (still a function of the prefix): the
     weights' spread shrinks to its β-th power.
 
     Returns ``(fallback [G, P], scale)``: the fallback terms' weights and the scale of ``scale / risk^β``.
     """
-    per_type = task.sequence_types(probe_batch(task)) is not None
-    suite, batch, _, types, fallback_risk = _reference_risk(config, task, per_type)
+    if config.training.loss != "mse":
+        raise ConfigError(f"training.position_weights inverse_bayes_risk: the Bayes risk is a squared error; "
+                          f"training.loss {config.training.loss} is not")
+    suite, batch, _, types, fallback_risk = _reference_risk(config, task, None)
     observed = config.training.target != "conditional_mean"
     risk = suite.prefix_risk(batch, observed=observed)
     if risk is None:
@@ -406,20 +412,23 @@ def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
 
 
 def sequence_weights(weights: torch.Tensor | None, task: TaskFamily, batch: Batch, *,
-                     risk_scale: float | None = None, suite: BaselineSuite | None = None,
-                     observed: bool = False, power: float = 1.0) -> torch.Tensor | None:
+                     risk_scale: float | None = None, training: TrainingConfig | None = None,
+                     suite: BaselineSuite | None = None) -> torch.Tensor | None:
     """The position weights of ``batch``'s sequences: ``[P]`` as they are, per type ``[G, P]`` → ``[B, P]``.
-    With a ``risk_scale`` (``inverse_bayes_risk``): ``risk_scale / the suite's prefix risk ** power`` ``[B, P]`` (on
-    the label where ``observed``, else on its conditional mean), the per-type rows where that is NaN."""
+    With a ``risk_scale`` (``inverse_bayes_risk``): ``risk_scale / r^β`` ``[B, P]``, r the suite's prefix risk on
+    ``training``'s target, β its ``bayes_risk_power``; the per-type rows where r is NaN."""
     if weights is None or (weights.dim() == 1 and risk_scale is None):
         return weights
+    if risk_scale is not None and training is None:
+        raise ValueError("prefix-risk weights need the training config (its target and bayes_risk_power)")
     types = task.sequence_types(batch)
     rows = weights.unsqueeze(0) if weights.dim() == 1 else weights
     fallback = rows[types] if types is not None and len(rows) > 1 else rows[0].expand(len(batch), -1)
     if risk_scale is None:
         return fallback
+    observed = training.target != "conditional_mean"
     risk = (suite if suite is not None else suite_for(task)).prefix_risk(batch, observed=observed)
-    weighted = (risk_scale / risk.clamp_min(1e-12) ** power).to(fallback.dtype)
+    weighted = (risk_scale / risk.clamp_min(1e-12) ** training.bayes_risk_power).to(fallback.dtype)
     return torch.where(risk.isnan(), fallback, weighted)
 
 
@@ -440,9 +449,8 @@ def training_target(state: TrainState, batch: Batch) -> torch.Tensor:
 def _epoch_batches(state: TrainState, plan: EpochPlan, train_b: Batch):
     order = torch.randperm(plan.n_train, generator=state.shuffle_gen).to(state.device)
     target = training_target(state, train_b)
-    t = state.config.training
     weights = sequence_weights(state.position_weights, state.task, train_b, risk_scale=state.risk_scale,
-                               suite=state.suite, observed=t.target != "conditional_mean", power=t.bayes_risk_power)
+                               training=state.config.training, suite=state.suite)
     # None, [P] or [n_train, P]
     for i in range(plan.steps_per_epoch):
         idx = order[i * plan.batch_size : (i + 1) * plan.batch_size]  # the global batch [B]
