@@ -72,6 +72,11 @@ def _f64(t: Tensor) -> Tensor:
 _CHUNK_ELEMENTS = 1 << 23  # float64 elements of A⁻¹ per chunk (64 MiB)
 
 
+def _chunk_size(K: int, d: int) -> int:
+    """Sequences per chunk of the ridge filter with K penalties in dimension d (``A⁻¹ [K, d, d, chunk]``)."""
+    return max(1, _CHUNK_ELEMENTS // (K * d * d))
+
+
 def ridge_filter(x: Tensor, y: Tensor, lam: Tensor, *, moments: bool = False) -> tuple[Tensor, ...]:
     """Ridge regression (no intercept) on every prefix, for several penalties at once.
 
@@ -91,8 +96,7 @@ def ridge_filter(x: Tensor, y: Tensor, lam: Tensor, *, moments: bool = False) ->
     Sequences are processed ``chunk`` at a time, so ``A⁻¹ [K, d, d, chunk]`` stays under ~64 MiB.
     """
     B, _, d = x.shape
-    K = lam.shape[-1] if lam.dim() == 2 else lam.numel()
-    chunk = max(1, _CHUNK_ELEMENTS // (K * d * d))
+    chunk = _chunk_size(lam.shape[-1] if lam.dim() == 2 else lam.numel(), d)
     if B <= chunk:
         return _ridge_filter_chunk(x, y, lam, moments)
     parts = [_ridge_filter_chunk(x[i : i + chunk], y[i : i + chunk], lam if lam.dim() == 1 else lam[i : i + chunk],
@@ -177,7 +181,7 @@ def bayes_mixture_risk(x: Tensor, y: Tensor, sigmas: list[float], probs: list[fl
     Sequences go through in chunks, so the per-prefix posterior means never exist for the whole batch at once.
     """
     B, _, d = x.shape
-    chunk = max(1, _CHUNK_ELEMENTS // (len(sigmas) * d * d))
+    chunk = _chunk_size(len(sigmas), d)
     if B > chunk:
         return torch.cat([bayes_mixture_risk(x[i : i + chunk], y[i : i + chunk], sigmas, probs, observed=observed)
                           for i in range(0, B, chunk)])

@@ -328,15 +328,15 @@ def _reference_risk(config: Config, task: TaskFamily, per_type: bool | None):
     type where the family has types."""
     option = config.training.position_weights
     probe = probe_batch(task)
-    if per_type is None:
-        per_type = task.sequence_types(probe) is not None
+    has_types = task.sequence_types(probe) is not None
+    per_type = has_types if per_type is None else per_type
     suite = suite_for(task)  # its own: the reference's memo of this batch stays out of the run's suite
     several = probe.targets.dim() == 2 and probe.targets.shape[1] > 1
     reference = suite.predictors(None).get(suite.reference_name()) if several else None
     if reference is None:
         raise ConfigError(f"training.position_weights {option}: data.task {config.data.task} has no "
                           f"fit-free reference predictor over several read-out positions")
-    if per_type and task.sequence_types(probe) is None:
+    if per_type and not has_types:
         raise ConfigError(f"training.position_weights {option}: data.task {config.data.task} has one type of "
                           f"sequence (TaskFamily.sequence_types); use inverse_reference")
     batch = task.sample(POSITION_WEIGHT_SEQUENCES, make_generator(stream_seed(config.seed, STACKING_STREAM), task.device))
@@ -376,9 +376,13 @@ def bayes_risk_weights(config: Config, task: TaskFamily) -> tuple[torch.Tensor, 
         raise ConfigError(f"training.position_weights inverse_bayes_risk: data.task {config.data.task} has no "
                           f"closed-form Bayes risk per prefix (BaselineSuite.prefix_risk); use inverse_reference")
     power = config.training.bayes_risk_power
-    risk = torch.where(risk.isnan(), fallback_risk[types], risk).clamp_min(1e-12) ** power
-    scale = 1.0 / float((1.0 / risk).mean())
-    return (scale / fallback_risk.clamp_min(1e-12) ** power).to(batch.targets.dtype), scale
+    scale = 1.0 / float(_inverse_power(torch.where(risk.isnan(), fallback_risk[types], risk), power).mean())
+    return (scale * _inverse_power(fallback_risk, power)).to(batch.targets.dtype), scale
+
+
+def _inverse_power(risk: torch.Tensor, power: float) -> torch.Tensor:
+    """``1 / risk^power``, the risk floored at 1e-12: an inverse_bayes_risk weight before its scale."""
+    return risk.clamp_min(1e-12) ** -power
 
 
 def position_weights(config: Config, task: TaskFamily) -> torch.Tensor | None:
@@ -428,7 +432,7 @@ def sequence_weights(weights: torch.Tensor | None, task: TaskFamily, batch: Batc
         return fallback
     observed = training.target != "conditional_mean"
     risk = (suite if suite is not None else suite_for(task)).prefix_risk(batch, observed=observed)
-    weighted = (risk_scale / risk.clamp_min(1e-12) ** training.bayes_risk_power).to(fallback.dtype)
+    weighted = (risk_scale * _inverse_power(risk, training.bayes_risk_power)).to(fallback.dtype)
     return torch.where(risk.isnan(), fallback, weighted)
 
 
