@@ -244,6 +244,23 @@ def test_a_bad_power_is_refused_when_the_config_loads(sets, message):
         load_config("mixed_noise_cpu", sets)
 
 
+@pytest.mark.parametrize("sets", [["training.position_weights=uniform"], ["training.curriculum={d_start: 2, d_inc: 1, n_start: 5, n_inc: 3, every: 100}"]])
+def test_leaving_the_presets_weights_says_to_reset_the_power(tmp_path, sets):
+    """linear_or_logistic_cpu weighs at β = 0.5: switching its weights off (or adding what they cannot train
+    with) is one error line on the command line that names the second key to set, and writes nothing."""
+    import subprocess
+    import sys
+
+    args = [a for s in sets for a in ("--set", s)]
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "selectlens", "train", "--config", "linear_or_logistic_cpu", *args,
+                          "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode != 0 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert "training.bayes_risk_power=1" in res.stderr and not out.exists()
+    fixed = sets + ["training.bayes_risk_power=1"] + (["training.position_weights=uniform"] if "curriculum" in sets[0] else [])
+    assert load_config("linear_or_logistic_cpu", fixed).training.position_weights == "uniform"
+
+
 @pytest.mark.parametrize("scale", [None, "1", -0.5, float("nan")])
 def test_a_checkpoint_without_a_usable_scale_is_a_one_line_error(tmp_path, scale):
     """Resuming a prefix-risk-weighted run whose checkpoint lost its scale names the file and the key; nothing

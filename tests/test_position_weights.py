@@ -103,7 +103,7 @@ def test_training_steps_on_the_weighted_loss(tmp_path, monkeypatch):
 def test_weighted_training_resumes_exactly_with_the_runs_own_weights(tmp_path, monkeypatch, preset, option):
     """A resume takes the weights from the checkpoint, not from this code: changing how they are measured
     between the two halves leaves the resumed run bitwise equal to the uninterrupted one."""
-    cfg = load_config(preset, TINY + ["training.epochs=3", option])
+    cfg = load_config(preset, TINY + ["training.epochs=3", option, "training.bayes_risk_power=1"])
     train(cfg, tmp_path / "whole", progress=False)
     train(cfg, tmp_path / "split", progress=False, max_minutes=1e-9)
     monkeypatch.setattr(loop, "POSITION_WEIGHT_SEQUENCES", 64)  # other weights, were they recomputed
@@ -134,6 +134,8 @@ def test_the_curve_plot_shows_the_train_loss_only_on_the_test_losss_scale(extra,
 
 
 PER_TYPE = "training.position_weights=inverse_reference_per_type"
+# linear_or_logistic_cpu weighs by the Bayes risk at β = 0.5; any other weights need β back at 1
+POWER_1 = "training.bayes_risk_power=1"
 
 
 def _ridge_risk_on_signs(d: int, n_max: int, lam: float, draws: int = 20000) -> np.ndarray:
@@ -158,7 +160,7 @@ def test_per_type_weights_follow_each_types_own_reference_risk():
     over the training distribution (p_regression of the sequences regression)."""
     sigma, d, n, p = 0.3, 4, 8, 0.7
     cfg = load_config("linear_or_logistic_cpu", [f"data.d_d={d}", f"data.N={n}", f"data.noise_levels=[{sigma}]",
-                                                 f"data.p_regression={p}", "training.target=conditional_mean", PER_TYPE])
+                                                 f"data.p_regression={p}", "training.target=conditional_mean", PER_TYPE, POWER_1])
     weights = position_weights(cfg, make_task(cfg)).double().numpy()
     assert weights.shape == (2, n)
     inverse = 1 / np.stack([_posterior_risk(d, n, sigma), _ridge_risk_on_signs(d, n, d * sigma**2)])
@@ -173,9 +175,9 @@ def test_a_type_too_rare_to_measure_takes_the_pooled_weights(p):
     its row is the pooled per-position weights (those of inverse_reference, up to the table's one scale that makes
     the mean 1), and the table still has both rows."""
     sets = ["data.d_d=3", "data.N=6", "training.target=conditional_mean", f"data.p_regression={p}"]
-    cfg = load_config("linear_or_logistic_cpu", [*sets, PER_TYPE])
+    cfg = load_config("linear_or_logistic_cpu", [*sets, PER_TYPE, POWER_1])
     weights = position_weights(cfg, make_task(cfg))
-    pooled = position_weights(load_config("linear_or_logistic_cpu", [*sets, "training.position_weights=inverse_reference"]),
+    pooled = position_weights(load_config("linear_or_logistic_cpu", [*sets, "training.position_weights=inverse_reference", POWER_1]),
                               make_task(cfg))
     assert weights.shape == (2, 6) and (1 - p) * loop.POSITION_WEIGHT_SEQUENCES < loop.MIN_TYPE_SEQUENCES
     ratio = weights[1] / pooled
@@ -219,7 +221,7 @@ def test_training_steps_weigh_each_sequence_by_its_type(tmp_path, monkeypatch):
 
     real = loop.batch_loss
     monkeypatch.setattr(loop, "batch_loss", spy)
-    cfg = load_config("linear_or_logistic_cpu", TINY + [PER_TYPE, "training.target=conditional_mean"])
+    cfg = load_config("linear_or_logistic_cpu", TINY + [PER_TYPE, POWER_1, "training.target=conditional_mean"])
     train(cfg, tmp_path / "run", progress=False)
     table = position_weights(cfg, make_task(cfg))
     assert len(seen) == 9
