@@ -11,7 +11,7 @@ so (its metrics.jsonl holds the sequences it reached), it is never passed off as
     python scripts/results_tables.py docs/results.md --table recipe runs/ablation   # the table docs/results.md shows
 
 The recipe (``base``) is the ``mixed_noise_cpu`` preset as it was when the ablation ran (batch 512, lr 3e-3,
-the observed target, uniform position weights, 110 epochs): every arm pins it (``EARLIER``), so the arms
+the observed target, uniform position weights, 110 epochs): every arm pins it (``earlier``), so the arms
 and their table stay what they were when the preset moves on; ``batch256_*`` and
 ``batch64_*`` arms change the batch (and peak lr) first; ``--scale`` multiplies every arm's sequence
 budget (a quick check of the script: ``--scale 0.01``).
@@ -38,6 +38,8 @@ from pathlib import Path
 # arm -> (config, overrides, epochs relative to the recipe's); every arm starts from the recipe the ablation was
 # run on, the preset before the conditional-mean target and the position weights became part of it
 EARLIER = ["training.target=observed", "training.position_weights=uniform"]
+# linear_or_logistic_cpu has since moved to p_regression 0.75 and Bayes-risk weights at β = 0.5: its arms pin 0.5 and 1
+EARLIER_BY_CONFIG = {"linear_or_logistic_cpu": ["data.p_regression=0.5", "training.bayes_risk_power=1"]}
 EARLIER_EPOCHS = 110  # 1.98M sequences
 B256 = ["training.batch_size=256", "training.lr=0.002"]
 B64 = ["training.batch_size=64", "training.lr=0.001"]
@@ -83,6 +85,11 @@ ARMS: dict[str, tuple[str, list[str], float]] = {
 }
 
 
+def earlier(config: str) -> list[str]:
+    """The overrides that pin ``config`` to the recipe the ablation ran on."""
+    return EARLIER + EARLIER_BY_CONFIG.get(config, [])
+
+
 def _one(arm: str, seed: int, args, deadline: float) -> dict:
     config, sets, factor = ARMS[arm]
     run = args.out / f"{arm}_s{seed}"
@@ -90,7 +97,7 @@ def _one(arm: str, seed: int, args, deadline: float) -> dict:
     minutes = max(0.2, (deadline - time.time()) / 60 - args.eval_minutes)
     cmd = [sys.executable, "-m", "selectlens", "train", "--config", config, "--out", str(run), "--seed", str(seed),
            "--device", args.device, "--quiet", "--force", "--max-minutes", f"{minutes:.2f}",
-           "--set", f"training.epochs={epochs}", *[a for s in EARLIER + sets for a in ("--set", s)], *args.set]
+           "--set", f"training.epochs={epochs}", *[a for s in earlier(config) + sets for a in ("--set", s)], *args.set]
     t0 = time.time()
     trained = args.skip_done and _trained(run, epochs)  # its eval was stopped: evaluate, do not train again
     with open(args.out / f"{arm}_s{seed}.log", "a" if trained else "w") as log:

@@ -127,7 +127,8 @@ def test_linear_or_logistic_signs_take_their_per_type_row():
     """Classification prefixes (every label ±1) have no closed form: their terms take the reference's per-type
     row; regression prefixes 1 / the mixture's risk; before any label, 1 / the prior's E[target²] = 1 for both
     types (the conditional-mean target: E[(xᵀw/√d)²] = 1 and sign² = 1)."""
-    cfg = load_config("linear_or_logistic_cpu", ["data.d_d=3", "data.N=8", BAYES, "training.target=conditional_mean"])
+    cfg = load_config("linear_or_logistic_cpu", ["data.d_d=3", "data.N=8", BAYES, "training.target=conditional_mean",
+                                                 "training.bayes_risk_power=1"])  # the preset's β is 0.5
     task = make_task(cfg)
     batch = task.sample(600, make_generator(4))
     fallback, scale = loss_weights(cfg, task)

@@ -330,7 +330,8 @@ def test_every_ablation_arm_is_a_valid_and_distinct_config():
     seen = {}
     for arm, (config, sets, factor) in mod.ARMS.items():
         epochs = round(mod.EARLIER_EPOCHS * factor)
-        cfg = load_config(config, [*mod.EARLIER, *sets, f"training.epochs={epochs}"]).model_dump(mode="json")
+        cfg = load_config(config, [*mod.earlier(config), *sets, f"training.epochs={epochs}"]).model_dump(mode="json")
+        assert cfg["data"].get("p_regression", 0.5) == 0.5  # the task as the ablation posed it
         key = json.dumps({k: cfg[k] for k in ("data", "model", "training")}, sort_keys=True)
         assert key not in seen, f"{arm} trains the same configuration as {seen.get(key)}"
         seen[key] = arm
