@@ -273,11 +273,12 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _weights_need_every_position(self) -> "TrainingConfig":
-        power = "" if self.bayes_risk_power == 1 else " and training.bayes_risk_power=1"
+        tempered = self.bayes_risk_power != 1  # a β ≠ 1 goes back to 1 with any other weights
         if self.position_weights != "uniform" and (self.loss_positions != "all" or self.curriculum is not None):
+            also = " and training.bayes_risk_power=1" if tempered else ""
             raise ValueError(f"position_weights {self.position_weights} needs loss_positions all and no curriculum "
-                             f"(set training.position_weights=uniform{power} to train without the weights)")
-        if power and self.position_weights != "inverse_bayes_risk":
+                             f"(set training.position_weights=uniform{also} to train without the weights)")
+        if tempered and self.position_weights != "inverse_bayes_risk":
             raise ValueError(f"bayes_risk_power {self.bayes_risk_power:g} applies to position_weights inverse_bayes_risk "
                              f"only (got {self.position_weights}: set training.bayes_risk_power=1 with it)")
         return self
