@@ -351,7 +351,7 @@ def view_task_diversity(sources: list[Path], opts: dict[str, str]) -> tuple[list
 # The recipe ablation (scripts/recipe_ablation.py): one row per arm, across its seeds.
 RECIPE_KEYS = ("data.task", "data.layout", "data.noise_levels", "model.n_embd", "model.n_layer", "training.batch_size",
                "training.lr", "training.warmup_steps", "training.curriculum", "training.target",
-               "training.position_weights")
+               "training.position_weights", "training.bayes_risk_power")
 PLATEAU = 1.25  # a model whose eval MSE (mean over positions) is above 1.25 × the reference's has not left the plateau
 
 
