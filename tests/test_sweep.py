@@ -5,6 +5,7 @@ against scipy, spec validation (also fuzzed) and the sweep report in headless Ch
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from conftest import ROOT, run_cli
 from selectlens.cli import main
 from selectlens.errors import InputError
 from selectlens.sweeps import SpecError, load_spec, parse_spec, run_sweep
+from selectlens.sweeps.asha import rung_history
 
 ray = pytest.importorskip("ray")
 
@@ -317,6 +319,21 @@ def test_asha_stops_the_worse_trial_and_the_report_draws_every_curve(ray_session
     assert not (trials / "training.lr=1e-07_seed=0" / "eval.json").exists()
     again = run_sweep(None, tmp_path / "sweep", resume=True, echo=lambda line: None)
     assert again.statuses["training.lr=1e-07_seed=0"]["status"] == "stopped"
+
+    # As if the driver had died before the hopeless trial started: a resume's ASHA must hold the good trial's
+    # rungs from its metrics.jsonl, or it meets lr = 1e-7 with empty rungs and runs it to its end.
+    good_rungs = rung_history(tmp_path / "sweep", {t.name: t.config.to_dict() for t in load_spec(spec).trials()},
+                              load_spec(spec).asha)["training.lr=0.003_seed=0"]
+    metrics = [json.loads(line) for line in (trials / "training.lr=0.003_seed=0" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s, _ in good_rungs] == [m["sequences"] for m in metrics]
+    assert [r for _, r in good_rungs] == pytest.approx(
+        [m["test_loss"] / m["baselines"]["bayes_posterior_mixture"] - 1 for m in metrics], rel=1e-12)
+    (tmp_path / "sweep" / "state" / "training.lr=1e-07_seed=0.json").unlink()
+    shutil.rmtree(trials / "training.lr=1e-07_seed=0")
+    lines = []
+    third = run_sweep(None, tmp_path / "sweep", resume=True, max_concurrent=1, echo=lines.append)
+    assert third.statuses["training.lr=1e-07_seed=0"]["status"] == "stopped", lines
+    assert epochs("training.lr=1e-07_seed=0") == 4  # stopped at the first rung, 1,440 sequences
     from selectlens.sweeps.report import write_sweep_report
 
     html_text = write_sweep_report(tmp_path / "sweep").read_text()

@@ -15,7 +15,8 @@ written atomically, so a SIGKILL at any moment leaves every file old or new.
 ``--resume`` skips trials whose status is ``done``, reruns failed ones, and
 continues unfinished ones from their last checkpoint through the run
 directory's ``--resume``; because training is deterministic and resumes
-bitwise-equal, the final results equal an uninterrupted sweep's.
+bitwise-equal, the final results equal an uninterrupted sweep's. Under ASHA the
+resumed scheduler starts with the rungs the trials' metrics already hold (``asha.py``).
 
 Ray Tune only schedules: it places trials on CPUs/GPUs of a local or remote
 Ray cluster, limits concurrency and reports state changes; there is no
@@ -36,6 +37,7 @@ from typing import Any, Callable
 
 from selectlens.fileio import atomic_write, fsync_dir, probe_writable
 from selectlens.sweeps.aggregate import write_summary
+from selectlens.sweeps.asha import epoch_report, reference_name, rung_history, seeded_asha
 from selectlens.sweeps.spec import SweepSpec, Trial, spec_yaml
 from selectlens.sweeps.store import SweepDirError, read_sweep
 from selectlens.config import config_from_dict
@@ -118,7 +120,8 @@ def run_sweep(
         pending = [t for t in trials if read_status(out, t.name).get("status") not in FINAL]
         echo(f"sweep {out}: {len(trials)} trials, {len(trials) - len(pending)} done, {len(pending)} to run")
         if pending:
-            _run_on_ray(spec, out, pending, len(trials) - len(pending), address, max_concurrent, echo)
+            history = rung_history(out, {t.name: t.config.to_dict() for t in trials}, spec.asha) if resume and spec.asha else {}
+            _run_on_ray(spec, out, pending, len(trials) - len(pending), address, max_concurrent, echo, history)
     finally:
         lock.release()
     write_summary(out)
@@ -135,7 +138,7 @@ def _trainable(config: dict[str, Any], sweep_dir: str, configs: dict[str, dict],
 
     name = config["name"]
     started, last = time.monotonic(), {}
-    reference = _reference_name(configs[name])
+    reference = reference_name(configs[name])
 
     def on_epoch(record: dict[str, Any]) -> None:
         last.update(epoch_report(record, reference, (time.monotonic() - started) / 60))
@@ -155,28 +158,8 @@ def _stop_requested() -> bool:
     return bool(event is not None and event.is_set())
 
 
-def _reference_name(config: dict[str, Any]) -> str | None:
-    """The reference baseline a trial's epochs are measured against, where the family names one up front."""
-    from selectlens.baselines import suite_for
-    from selectlens.tasks.protocol import make_task
-
-    try:
-        return suite_for(make_task(config_from_dict(config, stored=True), device="cpu")).reference_name()
-    except NotImplementedError:  # chosen on training data (selection tasks): only test_loss is reported
-        return None
-
-
-def epoch_report(record: dict[str, Any], reference: str | None, minutes: float) -> dict[str, Any]:
-    """What a trial reports to the scheduler after an epoch: sequences, minutes, test_loss and, with a
-    reference, ``excess_ratio`` = test loss / the reference's − 1 on the same test split."""
-    out = {"sequences": int(record["sequences"]), "minutes": minutes, "test_loss": float(record["test_loss"])}
-    ref = record.get("baselines", {}).get(reference)
-    if ref:
-        out["excess_ratio"] = out["test_loss"] / ref - 1
-    return out
-
-
-def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, address, max_concurrent, echo) -> None:
+def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, address, max_concurrent, echo,
+                history: dict[str, list[tuple[float, float]]]) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
@@ -204,7 +187,7 @@ def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, addres
             trainable,
             param_space={"name": tune.grid_search([t.name for t in pending])},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or 0, num_samples=1,
-                                        scheduler=_asha(spec.asha)),
+                                        scheduler=_scheduler(spec.asha, history, {t.name for t in pending})),
             run_config=tune.RunConfig(
                 name="tune", storage_path=str(out / ".ray"), verbose=0, callbacks=[progress],
                 failure_config=tune.FailureConfig(max_failures=0), log_to_file=True,
@@ -217,16 +200,10 @@ def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, addres
             ray.shutdown()
 
 
-def _asha(settings: dict[str, Any] | None):
-    """Ray Tune's ASHA scheduler for the spec's settings (None: every trial runs to its end)."""
-    if not settings:
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    # The budget itself is the trial's (its epochs capped in sequences, its training time in minutes), so that a
-    # trial that uses all of it still evaluates; ASHA's own stop at max_t lies just beyond it.
-    return ASHAScheduler(time_attr=settings["time"], metric=settings["metric"], mode="min", max_t=settings["max"] * 1.01 + 1,
-                         grace_period=settings["grace"], reduction_factor=settings["reduction"])
+def _scheduler(settings: dict[str, Any] | None, history, running: set[str]):
+    """Ray Tune's ASHA for the spec's settings, its rungs holding what earlier invocations recorded (None: every
+    trial runs to its end)."""
+    return seeded_asha(settings, history, running) if settings else None
 
 
 def _mark_stopped(out: Path, results) -> None:
