@@ -23,6 +23,9 @@ from its sources, or from ``view=`` in the marker, e.g. ``<!-- table: cls-loglos
   mixture's squared error and the excess risk (model − Bayes)/Bayes with its CI;
 * ``sweep`` / ``sweep-trials`` (sweep directories): per grid point the mean across seeds with the
   95% t-interval, or one row per trial (``selectlens.sweeps.aggregate``, as in ``summary.md``);
+* ``asha`` (sweep directories run under ASHA, e.g. kept by ``scripts/keep_sweep.py``): one row per trial that
+  trained, furthest rung first, with the metric the scheduler compared at each rung, and a line counting
+  every trial (finished, stopped, unfinished, not started);
 * ``bench`` (``selectlens bench … --json`` files): one row per file, SelectLens against its reference;
 * ``efficiency`` (``bench train --json`` files): GFLOP/s, fraction of a matmul, the profile split;
 * ``recipe`` (``scripts/recipe_ablation.py`` output directories): per arm across its seeds, the sequences
@@ -219,6 +222,25 @@ def view_sweep(sources, opts):
 
 def view_sweep_trials(sources, opts):
     return _sweep_view(sources, per_trial=True)
+
+
+def view_asha(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    """ASHA's rungs (``selectlens.sweeps.asha.rung_table``): per trial, the metric it had at each rung it reached."""
+    from selectlens.errors import SelectLensError
+    from selectlens.sweeps.asha import rung_table
+
+    lines: list[str] = []
+    for src in sources:
+        try:
+            head, rows, count = rung_table(src)
+        except (SelectLensError, ValueError) as err:
+            raise TableError(f"view asha: {err}") from None
+        if len(sources) > 1:
+            lines += [f"**{src.name}**", ""]
+        lines += [count + ".", ""] + _table(head, rows) + ([""] if len(sources) > 1 else [])
+    cmds = "; ".join(_read_json(s / "record.json")["command"] if (s / "record.json").is_file()
+                     else f"selectlens sweep {shlex.quote(str(s / 'spec.yaml'))} --out {shlex.quote(str(s))}" for s in sources)
+    return lines, cmds, _run_devices([t for s in sources for t in sorted((s / "trials").glob("*"))[:1]])
 
 
 def bench_kind(result: dict[str, Any]) -> str:
@@ -608,7 +630,7 @@ def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[l
     return _table(head, rows), cmds, _run_devices(sources)
 
 
-VIEWS = {"task-diversity": view_task_diversity, "eval": view_eval, "excess": view_excess, "sweep": view_sweep, "sweep-trials": view_sweep_trials,
+VIEWS = {"asha": view_asha, "task-diversity": view_task_diversity, "eval": view_eval, "excess": view_excess, "sweep": view_sweep, "sweep-trials": view_sweep_trials,
          "bench": view_bench, "efficiency": view_efficiency, "noise-models": view_noise_models, "recipe": view_recipe, "vs-oracle": view_vs_oracle, "mixture-vs-single": view_mixture_vs_single}
 
 

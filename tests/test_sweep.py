@@ -22,12 +22,21 @@ from conftest import ROOT, run_cli
 from selectlens.cli import main
 from selectlens.errors import InputError
 from selectlens.sweeps import SpecError, load_spec, parse_spec, run_sweep
-from selectlens.sweeps.asha import rung_history
+from selectlens.sweeps.asha import rung_history, rung_table
 
 ray = pytest.importorskip("ray")
 
 TINY = {"data.train_samp_per_class": 400, "training.epochs": 2, "training.batch_size": 64,
         "eval.sequences": 500, "eval.temperature_sequences": 200, "model.n_embd": 16, "model.n_layer": 1}
+
+
+def load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_spec(path: Path, **spec) -> Path:
@@ -334,10 +343,33 @@ def test_asha_stops_the_worse_trial_and_the_report_draws_every_curve(ray_session
     third = run_sweep(None, tmp_path / "sweep", resume=True, max_concurrent=1, echo=lines.append)
     assert third.statuses["training.lr=1e-07_seed=0"]["status"] == "stopped", lines
     assert epochs("training.lr=1e-07_seed=0") == 4  # stopped at the first rung, 1,440 sequences
+
+    # The rung table (report, docs) against the metrics themselves, and read back from a kept record.
+    def ratio_at(name, rung):
+        records = [json.loads(line) for line in (trials / name / "metrics.jsonl").read_text().splitlines()]
+        first = next(m for m in records if m["sequences"] >= rung)
+        return f"{first['test_loss'] / first['baselines']['bayes_posterior_mixture'] - 1:.3f}"
+
+    head, rows, count = rung_table(tmp_path / "sweep")
+    assert head[-3:] == ["excess_ratio at 1,440", "excess_ratio at 2,880", "at the last epoch"]
+    assert count == "2 trials: 1 done, 1 stopped by ASHA, 0 unfinished, 0 not started; 4,320 training sequences in all"
+    assert rows[0][:3] == ["0.003", "0", "done"] and rows[1][:3] == ["1e-07", "0", "stopped"]
+    assert rows[0][4:6] == [ratio_at("training.lr=0.003_seed=0", 1440), ratio_at("training.lr=0.003_seed=0", 2880)]
+    assert rows[1][4:6] == [ratio_at("training.lr=1e-07_seed=0", 1440), "—"]
+    keep_sweep = load_script("keep_sweep")
+    spec_file = tmp_path / "asha.yaml"
+    assert keep_sweep.main([str(tmp_path / "sweep"), "--spec", str(spec_file), "--to", str(tmp_path / "records")]) == 0
+    assert rung_table(tmp_path / "records" / "sweep") == (head, rows, count)
+    assert not list((tmp_path / "records" / "sweep").rglob("*.pt")) and not list((tmp_path / "records" / "sweep").rglob("checkpoint*"))
+    assert keep_sweep.main([str(tmp_path / "sweep"), "--spec", str(spec_file), "--to", str(tmp_path / "records")]) == 2  # no --force
+    other = write_spec(tmp_path / "other.yaml", **{**yaml.safe_load(spec_file.read_text()), "seeds": [1]})
+    assert keep_sweep.main([str(tmp_path / "sweep"), "--spec", str(other), "--to", str(tmp_path / "elsewhere")]) == 2
+    assert not (tmp_path / "elsewhere" / "sweep").exists()
     from selectlens.sweeps.report import write_sweep_report
 
     html_text = write_sweep_report(tmp_path / "sweep").read_text()
     assert "every trial&#x27;s training curve" in html_text or "every trial's training curve" in html_text
+    assert "id='rungs'" in html_text and "1 stopped by ASHA" in html_text
 
 
 def test_asha_settings_are_checked():

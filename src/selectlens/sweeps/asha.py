@@ -88,13 +88,71 @@ def seeded_asha(settings: dict[str, Any], history: dict[str, list[tuple[float, f
                 self._seed(trial.trial_id, history[name])
 
         def _seed(self, key: str, points: list[tuple[float, float]]) -> None:
-            """Record ``points`` as ASHA itself does, result by result: in the highest rung reached and not yet
-            recorded for this trial (the decisions themselves were taken when the points were reported)."""
             for bracket in self._brackets:
-                for time, metric in points:
-                    for milestone, recorded in bracket._rungs:  # highest rung first
-                        if time >= milestone and key not in recorded:
-                            recorded[key] = self._metric_op * metric
-                            break
+                values = recorded_at_rungs(points, [milestone for milestone, _ in bracket._rungs])
+                for (_, recorded), value in zip(bracket._rungs, values):
+                    if value is not None:
+                        recorded[key] = self._metric_op * value  # ASHA keeps rewards: mode "min" negates
 
     return SeededASHA()
+
+
+def recorded_at_rungs(points: list[tuple[float, float]], milestones: list[float]) -> list[float | None]:
+    """The metric ASHA records at each rung for a trial that reported ``points`` in order: each result goes to
+    the highest rung it has reached where the trial has no value yet (Ray's ``_Bracket.on_result``); None
+    where it has none."""
+    values: dict[float, float] = {}
+    for time, metric in points:
+        for milestone in sorted(milestones, reverse=True):
+            if time >= milestone and milestone not in values:
+                values[milestone] = metric
+                break
+    return [values.get(m) for m in milestones]
+
+
+def rungs(settings: dict[str, Any]) -> list[float]:
+    """ASHA's rungs for the spec's settings, lowest first: grace, grace·reduction, … up to max (as Ray builds them)."""
+    import math
+
+    count = int(math.log((settings["max"] * 1.01 + 1) / settings["grace"]) / math.log(settings["reduction"]) + 1)
+    return [settings["grace"] * settings["reduction"] ** k for k in range(count)]
+
+
+def rung_table(sweep_dir: Path) -> tuple[list[str], list[list[str]], str]:
+    """One row per trial that has trained an epoch, furthest rung first and best there first: its grid point,
+    status, sequences, and the metric ASHA recorded at each rung it reached (the first epoch at or past the
+    rung) and at its last epoch; plus one line counting every trial, started or not."""
+    from selectlens.sweeps.store import read_sweep
+    from selectlens.sweeps.trial import read_status
+
+    spec, trials = read_sweep(sweep_dir)
+    if not spec.asha:
+        raise ValueError(f"{sweep_dir}: the sweep has no ASHA scheduler")
+    settings = spec.asha
+    milestones = rungs(settings) if settings["time"] == "sequences" else []  # minutes: no common clock (above)
+    history = rung_history(sweep_dir, {t.name: t.config.to_dict() for t in trials}, {**settings, "time": "sequences"})
+    keys = list(trials[0].point) if trials else []
+    rows, counts, total = [], {"done": 0, "stopped": 0, "unfinished": 0, "not started": 0}, 0
+    for t in trials:
+        status, points = read_status(sweep_dir, t.name).get("status", "pending"), history.get(t.name, [])
+        if not points:
+            counts["done" if status == "done" else "not started"] += 1
+            continue
+        kind = status if status in ("done", "stopped") else "unfinished"
+        counts[kind] += 1
+        total += points[-1][0]
+        at_rung = recorded_at_rungs(points, milestones)
+        reached = sum(v is not None for v in at_rung)
+        cells = [_cell(t.point[k]) for k in keys] + [str(t.seed), kind, f"{points[-1][0]:,.0f}"]
+        cells += ["—" if v is None else f"{v:.3f}" for v in at_rung] + [f"{points[-1][1]:.3f}"]
+        rows.append(((-reached, at_rung[reached - 1] if reached else points[-1][1]), cells))
+    head = keys + ["seed", "status", "sequences"] + [f"{settings['metric']} at {r:,.0f}" for r in milestones] + ["at the last epoch"]
+    line = (f"{len(trials)} trials: {counts['done']} done, {counts['stopped']} stopped by ASHA, {counts['unfinished']} unfinished, "
+            f"{counts['not started']} not started; {total:,.0f} training sequences in all")
+    return head, [cells for _, cells in sorted(rows, key=lambda r: r[0])], line
+
+
+def _cell(value: Any) -> str:
+    import json
+
+    return "none" if value is None else value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

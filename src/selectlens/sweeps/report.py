@@ -149,6 +149,18 @@ def _table(rows: list[list[str]], head: list[str], missing_rows: set[int] = froz
     return "".join(out) + "</table>"
 
 
+def _rung_section(sweep_dir: Path) -> str:
+    """Under ASHA: which trials reached which rung, with the metric the scheduler compared there."""
+    from selectlens.sweeps.asha import rung_table
+    from selectlens.sweeps.store import read_sweep
+
+    if not read_sweep(sweep_dir)[0].asha:
+        return ""
+    head, rows, line = rung_table(sweep_dir)
+    return (f"<section id='rungs'><h2>ASHA's rungs: the metric each trial had when it reached each rung</h2>"
+            f"<p>{html.escape(line)}.</p>{_table(rows, head)}</section>")
+
+
 def render_sweep_html(sweep_dir: Path, data: dict[str, Any], groups: list[dict[str, Any]], pngs: list[tuple[str, bytes]]) -> str:
     esc = html.escape
     head_t, rows_t = trial_table(data)
@@ -164,6 +176,7 @@ Swept keys: {esc(', '.join(data['keys']) or '(seeds only)')}; seeds {esc(', '.jo
 Gap = baseline − model on the same held-out sequences (positive: the model is better).</p>
 <section id="plots"><h2>Metrics against each swept key</h2>{figs or '<p>No finished trial yet.</p>'}</section>
 <section id="grouped"><h2>Per grid point: mean across seeds [95% t-interval]</h2>{_table(rows_g, head_g)}</section>
+{_rung_section(sweep_dir)}
 <section id="trials"><h2>Trials (paired 95% CIs)</h2>{_table(rows_t, head_t, missing)}</section>""", style=CSS)
 
 
