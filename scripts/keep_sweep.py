@@ -75,11 +75,25 @@ def check(sweep: Path, spec_file: Path) -> list[str]:
     return [t.name for t in trials]
 
 
-def build(sweep: Path, spec_file: Path, names: list[str], into: Path, meta: dict[str, Any]) -> None:
-    """Write the record's files into the empty directory ``into``."""
+def record_spec(spec_file: Path, record: Path) -> bytes:
+    """The spec as the record keeps it: a base given as a file path is made relative to the record (a preset
+    name stays as it is), so the record reads back on any clone that has that file."""
+    import yaml
+
+    raw = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
+    base = Path(str(raw.get("base", "")))
+    if raw.get("base") and not base.is_absolute() and (spec_file.parent / base).is_file():
+        raw["base"] = os.path.relpath((spec_file.parent / base).resolve(), record.resolve())
+    elif raw.get("base") and base.is_absolute() and base.is_file():
+        raw["base"] = os.path.relpath(base, record.resolve())
+    return yaml.safe_dump(raw, sort_keys=False).encode()
+
+
+def build(sweep: Path, spec_file: Path, names: list[str], into: Path, meta: dict[str, Any], final_name: str) -> None:
+    """Write the record's files into the empty directory ``into`` (renamed to ``final_name`` beside it)."""
     from selectlens.fileio import atomic_write
 
-    atomic_write(into / "spec.yaml", spec_file.read_bytes())
+    atomic_write(into / "spec.yaml", record_spec(spec_file, into.parent / final_name))
     atomic_write(into / "sweep.json", (sweep / "sweep.json").read_bytes())
     for name in names:
         state = sweep / "state" / f"{name}.json"
@@ -107,12 +121,17 @@ def keep(sweep: Path, spec_file: Path, to: Path, force: bool, machine: str | Non
     to.mkdir(parents=True, exist_ok=True)
     new = Path(tempfile.mkdtemp(prefix=f".{sweep.name}.", suffix=".new", dir=to))
     try:
-        build(sweep, spec_file, names, new, meta)
+        build(sweep, spec_file, names, new, meta, record.name)
         check(new, spec_file)  # the record reads back as the same sweep
         old = Path(tempfile.mkdtemp(prefix=f".{sweep.name}.", suffix=".old", dir=to))
-        if record.exists():
-            os.rename(record, old / "record")
-        os.rename(new, record)
+        try:
+            if record.exists():
+                os.rename(record, old / "record")
+            os.rename(new, record)
+        except OSError:
+            if (old / "record").exists() and not record.exists():
+                os.rename(old / "record", record)  # the old record back where it was
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(new, ignore_errors=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -379,3 +380,49 @@ def test_asha_settings_are_checked():
                          ({"rungs": 3}, "unknown spec scheduler.asha key"), ({"time": "epochs"}, "scheduler.asha.time")):
         with pytest.raises(SpecError, match=message):
             parse_spec({**base, "scheduler": {"asha": {**base["scheduler"]["asha"], **bad}}})
+
+
+def test_rung_records_replay_rays_own_bracket():
+    """``recorded_at_rungs`` against Ray's ``_Bracket`` fed the same results (random times, some skipping rungs)."""
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    from selectlens.sweeps.asha import recorded_at_rungs, rungs
+
+    rng = np.random.default_rng(0)
+    for settings in ({"max": 2700000, "grace": 100000, "reduction": 3}, {"max": 2880, "grace": 1440, "reduction": 2},
+                     {"max": 1000, "grace": 7, "reduction": 4}):
+        bracket = _Bracket(settings["grace"], settings["max"] * 1.01 + 1, settings["reduction"], 0)
+        assert sorted(m for m, _ in bracket._rungs) == pytest.approx(rungs(settings))
+        for trial in range(200):
+            times = np.cumsum(rng.integers(1, settings["max"] // 3, size=rng.integers(1, 12)))
+            points = [(float(t), float(rng.random())) for t in times]
+            key = f"t{trial}"
+            for t, m in points:
+                bracket.on_result(SimpleNamespace(trial_id=key), t, -m)
+            ray_values = [(-recorded[key] if key in recorded else None) for _, recorded in bracket._rungs]
+            assert recorded_at_rungs(points, [m for m, _ in bracket._rungs]) == ray_values
+
+
+def test_seeded_asha_judges_a_continuing_trial_again_and_reports_each_stop():
+    """Rungs seeded from earlier trials stop a worse newcomer; a continuing trial's highest rung is judged again
+    (the kill may have come before its judgement), its lower ones not; every stop reaches ``on_stop``."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from selectlens.sweeps.asha import seeded_asha
+
+    settings = {"metric": "excess_ratio", "time": "sequences", "max": 900, "grace": 100, "reduction": 3}
+    history = {"a": [(100, 0.1), (300, 0.1)], "b": [(100, 0.2)], "c": [(100, 0.3)], "late": [(100, 0.25), (300, 0.9)]}
+    stops = []
+    asha = seeded_asha(settings, history, running={"late", "new"}, finished={"a": "done", "b": "stopped", "c": "stopped"},
+                       on_stop=lambda name, result: stops.append((name, result["sequences"])))
+    new, late = SimpleNamespace(trial_id="1", config={"name": "new"}), SimpleNamespace(trial_id="2", config={"name": "late"})
+    asha.on_trial_add(None, new)
+    asha.on_trial_add(None, late)
+    # new at rung 100 with 0.25: the cutoff over 0.1, 0.2, 0.3 and late's 0.25 is worse than the best third
+    assert asha.on_trial_result(None, new, {"sequences": 100, "excess_ratio": 0.25}) == TrialScheduler.STOP
+    # late resumes past 300: judged there again (0.9 against a's 0.1) and stopped; not judged again at 100
+    assert asha.on_trial_result(None, late, {"sequences": 320, "excess_ratio": 0.9}) == TrialScheduler.STOP
+    assert stops == [("new", 100), ("late", 320)]
+    fresh = seeded_asha(settings, {}, running={"new"})
+    fresh.on_trial_add(None, new)
+    assert fresh.on_trial_result(None, new, {"sequences": 100, "excess_ratio": 0.25}) == TrialScheduler.CONTINUE

@@ -5,8 +5,11 @@ a trial that arrives at a rung worse than the best 1/reduction of those. Ray Tun
 only, so a driver that is killed loses it, and a fresh ASHA on ``--resume`` would meet its first trials with
 empty rungs and let every one of them through. ``seeded_asha`` rebuilds the rungs from the trials' own
 ``metrics.jsonl`` before the resumed sweep starts: finished and stopped trials fill the rungs they reached, and
-a trial that continues from its checkpoint keeps the rungs it has passed (it is not judged again on them).
-Training is deterministic, so these are the values an uninterrupted sweep's ASHA saw.
+a trial that continues from its checkpoint keeps the rungs below the highest it reached and is judged at that
+one again with its first result (the kill may have come between the record and the judgement). Training is
+deterministic, so these are the values an uninterrupted sweep's ASHA saw (exactly so where each rung is
+crossed by an epoch of its own, as in the shipped specs). A stop is written to the trial's status the moment
+ASHA decides it, so a stopped trial stays stopped however the driver ends.
 
 With ``time: minutes`` the rungs start empty on a resume: a trial's minutes count from the start of the
 invocation that runs it, so earlier invocations' wall times are not on the same clock.
@@ -15,7 +18,7 @@ invocation that runs it, so earlier invocations' wall times are not on the same 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from selectlens.config import config_from_dict
 from selectlens.rundir import read_jsonl
@@ -65,10 +68,19 @@ def rung_history(sweep_dir: Path, configs: dict[str, dict[str, Any]], settings: 
 
 
 def seeded_asha(settings: dict[str, Any], history: dict[str, list[tuple[float, float]]] | None = None,
-                running: set[str] = frozenset()):
-    """Ray Tune's ASHA for the spec's settings, its rungs holding ``history``: the trials named in ``running``
-    (the ones this invocation runs) keep theirs under their new Tune trial, the others under their name."""
-    from ray.tune.schedulers import ASHAScheduler
+                running: set[str] = frozenset(), finished: dict[str, str] | None = None,
+                on_stop: Callable[[str, dict[str, Any]], None] | None = None):
+    """Ray Tune's ASHA for the spec's settings, its rungs holding ``history``.
+
+    The trials named in ``running`` (the ones this invocation runs) keep theirs under their new Tune trial,
+    except the highest rung each had reached: a kill may have come between its record and ASHA's judgement,
+    so it is judged there again with its first result. The others (``finished``: name → ``done`` or
+    ``stopped``) keep theirs under their name, their last result fed again as Ray does when a trial ends.
+    ``on_stop(name, result)`` is called the moment ASHA stops a trial, so that the stop outlives a killed driver.
+    """
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    history, finished = history or {}, finished or {}
 
     class SeededASHA(ASHAScheduler):
         def __init__(self):
@@ -77,19 +89,33 @@ def seeded_asha(settings: dict[str, Any], history: dict[str, list[tuple[float, f
             super().__init__(time_attr=settings["time"], metric=settings["metric"], mode="min",
                              max_t=settings["max"] * 1.01 + 1, grace_period=settings["grace"],
                              reduction_factor=settings["reduction"])
-            for name, points in (history or {}).items():
+            self._names: dict[str, str] = {}
+            for name, points in history.items():
                 if name not in running:
-                    self._seed(f"earlier:{name}", points)
+                    repeats = {"done": 2, "stopped": 1}.get(finished.get(name, ""), 0)  # final report, completion
+                    self._seed(f"earlier:{name}", points + [points[-1]] * repeats)
 
         def on_trial_add(self, tune_controller, trial):
             super().on_trial_add(tune_controller, trial)
             name = (trial.config or {}).get("name")
-            if name in running and name in (history or {}):
-                self._seed(trial.trial_id, history[name])
+            self._names[trial.trial_id] = name
+            if name in running and name in history:
+                self._seed(trial.trial_id, history[name], judge_last=True)
 
-        def _seed(self, key: str, points: list[tuple[float, float]]) -> None:
+        def on_trial_result(self, tune_controller, trial, result):
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP and on_stop and result.get(self._time_attr, 0) < self._max_t:
+                on_stop(self._names.get(trial.trial_id), result)
+            return action
+
+        def _seed(self, key: str, points: list[tuple[float, float]], judge_last: bool = False) -> None:
             for bracket in self._brackets:
-                values = recorded_at_rungs(points, [milestone for milestone, _ in bracket._rungs])
+                values = recorded_at_rungs(points, [milestone for milestone, _ in bracket._rungs])  # highest first
+                if judge_last:
+                    values = values[:]
+                    top = next((i for i, v in enumerate(values) if v is not None), None)
+                    if top is not None:
+                        values[top] = None
                 for (_, recorded), value in zip(bracket._rungs, values):
                     if value is not None:
                         recorded[key] = self._metric_op * value  # ASHA keeps rewards: mode "min" negates
@@ -120,8 +146,9 @@ def rungs(settings: dict[str, Any]) -> list[float]:
 
 def rung_table(sweep_dir: Path) -> tuple[list[str], list[list[str]], str]:
     """One row per trial that has trained an epoch, furthest rung first and best there first: its grid point,
-    status, sequences, and the metric ASHA recorded at each rung it reached (the first epoch at or past the
-    rung) and at its last epoch; plus one line counting every trial, started or not."""
+    status, sequences, and the metric ASHA recorded at each rung it reached (``recorded_at_rungs``: the first
+    epoch at or past the rung, where each rung is crossed by an epoch of its own) and at its last epoch;
+    plus one line counting every trial, started or not."""
     from selectlens.sweeps.store import read_sweep
     from selectlens.sweeps.trial import read_status
 
@@ -142,10 +169,10 @@ def rung_table(sweep_dir: Path) -> tuple[list[str], list[list[str]], str]:
         counts[kind] += 1
         total += points[-1][0]
         at_rung = recorded_at_rungs(points, milestones)
-        reached = sum(v is not None for v in at_rung)
+        top = max((i for i, v in enumerate(at_rung) if v is not None), default=-1)  # the highest rung with a value
         cells = [_cell(t.point[k]) for k in keys] + [str(t.seed), kind, f"{points[-1][0]:,.0f}"]
         cells += ["—" if v is None else f"{v:.3f}" for v in at_rung] + [f"{points[-1][1]:.3f}"]
-        rows.append(((-reached, at_rung[reached - 1] if reached else points[-1][1]), cells))
+        rows.append(((-top, at_rung[top] if top >= 0 else points[-1][1]), cells))
     head = keys + ["seed", "status", "sequences"] + [f"{settings['metric']} at {r:,.0f}" for r in milestones] + ["at the last epoch"]
     line = (f"{len(trials)} trials: {counts['done']} done, {counts['stopped']} stopped by ASHA, {counts['unfinished']} unfinished, "
             f"{counts['not started']} not started; {total:,.0f} training sequences in all")

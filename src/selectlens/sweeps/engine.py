@@ -121,7 +121,8 @@ def run_sweep(
         echo(f"sweep {out}: {len(trials)} trials, {len(trials) - len(pending)} done, {len(pending)} to run")
         if pending:
             history = rung_history(out, {t.name: t.config.to_dict() for t in trials}, spec.asha) if resume and spec.asha else {}
-            _run_on_ray(spec, out, pending, len(trials) - len(pending), address, max_concurrent, echo, history)
+            finished = {t.name: read_status(out, t.name).get("status", "") for t in trials if t.name not in {p.name for p in pending}}
+            _run_on_ray(spec, out, pending, len(trials) - len(pending), address, max_concurrent, echo, history, finished)
     finally:
         lock.release()
     write_summary(out)
@@ -159,7 +160,7 @@ def _stop_requested() -> bool:
 
 
 def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, address, max_concurrent, echo,
-                history: dict[str, list[tuple[float, float]]]) -> None:
+                history: dict[str, list[tuple[float, float]]], finished: dict[str, str]) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
@@ -187,7 +188,7 @@ def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, addres
             trainable,
             param_space={"name": tune.grid_search([t.name for t in pending])},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or 0, num_samples=1,
-                                        scheduler=_scheduler(spec.asha, history, {t.name for t in pending})),
+                                        scheduler=_scheduler(spec.asha, out, history, {t.name for t in pending}, finished)),
             run_config=tune.RunConfig(
                 name="tune", storage_path=str(out / ".ray"), verbose=0, callbacks=[progress],
                 failure_config=tune.FailureConfig(max_failures=0), log_to_file=True,
@@ -200,10 +201,19 @@ def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, addres
             ray.shutdown()
 
 
-def _scheduler(settings: dict[str, Any] | None, history, running: set[str]):
-    """Ray Tune's ASHA for the spec's settings, its rungs holding what earlier invocations recorded (None: every
-    trial runs to its end)."""
-    return seeded_asha(settings, history, running) if settings else None
+def _scheduler(settings: dict[str, Any] | None, out: Path, history, running: set[str], finished: dict[str, str]):
+    """Ray Tune's ASHA for the spec's settings, its rungs holding what earlier invocations recorded and each stop
+    written to the trial's status at once (None: every trial runs to its end)."""
+    if not settings:
+        return None
+
+    def stopped(name: str | None, result: dict[str, Any]) -> None:
+        if name:
+            record = read_status(out, name)
+            record.update(status="stopped", error=None, stopped_at={k: result.get(k) for k in ("sequences", "minutes")})
+            write_status(out, name, record)
+
+    return seeded_asha(settings, history, running, finished, on_stop=stopped)
 
 
 def _mark_stopped(out: Path, results) -> None:
