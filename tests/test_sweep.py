@@ -193,6 +193,32 @@ def test_sigkill_driver_then_resume_equals_uninterrupted(ray_session, tmp_path):
     assert lines == [f"sweep {out.resolve()}: 2 trials, 2 done, 0 to run"]  # finished trials are not rerun
 
 
+def test_ctrl_c_leaves_running_trials_to_resume_not_stopped(ray_session, tmp_path):
+    """Ctrl-C (SIGINT) on the driver: Tune stops every trial, but only the scheduler's stops are stops; the
+    interrupted trials stay unfinished and a resume trains them to the end."""
+    longer = dict(TINY, **{"training.epochs": 14, "training.save_every_epochs": 2, "data.train_samp_per_class": 1200})
+    spec = write_spec(tmp_path / "int.yaml", set=longer, seeds=[5, 6], stages=["train"])
+    out = tmp_path / "sweep"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "selectlens.cli", "sweep", str(spec), "--out", str(out), "--address", ray_session]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _checkpointed(out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode()
+        os.kill(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    states = {p.stem: json.loads(p.read_text())["status"] for p in (out / "state").glob("*.json")}
+    assert "stopped" not in states.values() and "running" in states.values(), (states, output)
+    resumed = run_sweep(None, out, resume=True, echo=lambda line: None)
+    assert resumed.count("done") == 2
+    assert all(len((out / "trials" / f"seed={s}" / "metrics.jsonl").read_text().splitlines()) == 14 for s in (5, 6))
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"grid": {"data.NN": [5, 6]}}, "trial data.NN=5_seed=0: unknown config key data.NN for data.task selection (did you mean data.N?)"),
     ({"grid": {"data.N": [5, 1]}}, "trial data.N=1_seed=0: config key data.N: Input should be greater than or equal to 2"),

@@ -194,8 +194,7 @@ def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, addres
                 failure_config=tune.FailureConfig(max_failures=0), log_to_file=True,
             ),
         )
-        results = tuner.fit()
-        _mark_stopped(out, results)
+        tuner.fit()  # the scheduler's stops are in the trials' status already (``_scheduler``)
     finally:
         if started_here:
             ray.shutdown()
@@ -214,19 +213,6 @@ def _scheduler(settings: dict[str, Any] | None, out: Path, history, running: set
             write_status(out, name, record)
 
     return seeded_asha(settings, history, running, finished, on_stop=stopped)
-
-
-def _mark_stopped(out: Path, results) -> None:
-    """Trials the scheduler ended early keep their run (checkpoints, metrics) and get status ``stopped``."""
-    for result in results:
-        name = (result.config or {}).get("name")
-        if not name:
-            continue
-        record = read_status(out, name)
-        if record.get("status") == "running":
-            metrics = result.metrics or {}
-            record.update(status="stopped", error=None, stopped_at={k: metrics.get(k) for k in ("sequences", "minutes")})
-            write_status(out, name, record)
 
 
 def _make_progress_callback():
@@ -256,10 +242,11 @@ def _make_progress_callback():
             last = trial.last_result or {}
             if record.get("status") == "done":
                 self._line(name, "done")
-            elif record.get("status") in ("stopped", "running") and not record.get("error") and "status" not in last:
-                # the scheduler ended it after an epoch's report (its final report, with a status, never came)
-                at = last.get("sequences")
+            elif record.get("status") == "stopped":  # written when the scheduler decided it (``_scheduler``)
+                at = (record.get("stopped_at") or {}).get("sequences") or last.get("sequences")
                 self._line(name, "stopped", f"by the scheduler at {at:,} sequences" if at else "by the scheduler")
+            elif record.get("status") == "running" and not record.get("error"):
+                self._line(name, "interrupted", "continues from its last checkpoint with --resume")
             else:
                 self._line(name, "failed", record.get("error") or "no status written")
 
