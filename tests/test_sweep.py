@@ -353,8 +353,10 @@ def test_asha_stops_the_worse_trial_and_the_report_draws_every_curve(ray_session
     assert epochs("training.lr=0.003_seed=0") == 8 and epochs("training.lr=1e-07_seed=0") < 8
     assert (trials / "training.lr=0.003_seed=0" / "eval.json").is_file()
     assert not (trials / "training.lr=1e-07_seed=0" / "eval.json").exists()
-    again = run_sweep(None, tmp_path / "sweep", resume=True, echo=lambda line: None)
+    lines = []
+    again = run_sweep(None, tmp_path / "sweep", resume=True, echo=lines.append)
     assert again.statuses["training.lr=1e-07_seed=0"]["status"] == "stopped"
+    assert lines[0].endswith(": 2 trials, 1 done, 1 stopped by the scheduler, 0 to run"), lines
 
     # As if the driver had died before the hopeless trial started: a resume's ASHA must hold the good trial's
     # rungs from its metrics.jsonl, or it meets lr = 1e-7 with empty rungs and runs it to its end.

@@ -118,11 +118,14 @@ def run_sweep(
     lock = _DriverLock(out)
     try:
         pending = [t for t in trials if read_status(out, t.name).get("status") not in FINAL]
-        echo(f"sweep {out}: {len(trials)} trials, {len(trials) - len(pending)} done, {len(pending)} to run")
+        stopped = sum(read_status(out, t.name).get("status") == "stopped" for t in trials)
+        echo(f"sweep {out}: {len(trials)} trials, {len(trials) - len(pending) - stopped} done, "
+             + (f"{stopped} stopped by the scheduler, " if stopped else "") + f"{len(pending)} to run")
         if pending:
             history = rung_history(out, {t.name: t.config.to_dict() for t in trials}, spec.asha) if resume and spec.asha else {}
             finished = {t.name: read_status(out, t.name).get("status", "") for t in trials if t.name not in {p.name for p in pending}}
-            _run_on_ray(spec, out, pending, len(trials) - len(pending), address, max_concurrent, echo, history, finished)
+            _run_on_ray(spec, out, pending, {"done": len(trials) - len(pending) - stopped, "stopped": stopped}, address,
+                        max_concurrent, echo, history, finished)
     finally:
         lock.release()
     write_summary(out)
@@ -159,7 +162,7 @@ def _stop_requested() -> bool:
     return bool(event is not None and event.is_set())
 
 
-def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, address, max_concurrent, echo,
+def _run_on_ray(spec, out: Path, pending: list[Trial], earlier: dict[str, int], address, max_concurrent, echo,
                 history: dict[str, list[tuple[float, float]]], finished: dict[str, str]) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -183,7 +186,7 @@ def _run_on_ray(spec, out: Path, pending: list[Trial], already_done: int, addres
             max_minutes=spec.asha["max"] if spec.asha and spec.asha["time"] == "minutes" else None,
         )
         trainable = tune.with_resources(trainable, {"cpu": spec.cpus, "gpu": spec.gpus})
-        progress = _make_progress_callback()(out, [t.name for t in pending], already_done, echo)
+        progress = _make_progress_callback()(out, [t.name for t in pending], earlier, echo)
         tuner = tune.Tuner(
             trainable,
             param_space={"name": tune.grid_search([t.name for t in pending])},
@@ -221,15 +224,16 @@ def _make_progress_callback():
     class _Progress(tune.Callback):
         """One line per trial state change, with the running count done / running / pending / failed."""
 
-        def __init__(self, out: Path, names: list[str], already_done: int, echo):
+        def __init__(self, out: Path, names: list[str], earlier: dict[str, int], echo):
             self.out, self.echo = out, echo
             self.state = {n: "pending" for n in names}
-            self.already_done = already_done
+            self.earlier = earlier  # trials finished by earlier invocations: done, stopped
 
         def _line(self, name: str, state: str, detail: str = "") -> None:
             self.state[name] = state
-            c = {s: sum(1 for v in self.state.values() if v == s) for s in ("done", "running", "pending", "failed", "stopped")}
-            counts = (f"done {c['done'] + self.already_done} / running {c['running']} / pending {c['pending']} / "
+            c = {s: sum(1 for v in self.state.values() if v == s) + self.earlier.get(s, 0)
+                 for s in ("done", "running", "pending", "failed", "stopped")}
+            counts = (f"done {c['done']} / running {c['running']} / pending {c['pending']} / "
                       f"failed {c['failed']}" + (f" / stopped {c['stopped']}" if c["stopped"] else ""))
             self.echo(f"[{counts}] {name}: {state}{': ' + detail if detail else ''}")
 
