@@ -454,3 +454,21 @@ def test_seeded_asha_judges_a_continuing_trial_again_and_reports_each_stop():
     fresh = seeded_asha(settings, {}, running={"new"})
     fresh.on_trial_add(None, new)
     assert fresh.on_trial_result(None, new, {"sequences": 100, "excess_ratio": 0.25}) == TrialScheduler.CONTINUE
+
+
+def test_curve_figure_labels_the_best_trials_shortly():
+    """With more trials than the legend holds, the best at their last epoch are labelled by their swept values."""
+    from selectlens.sweeps.report import LABELLED, curve_label, curves_figure
+
+    keys = ["data.layout", "training.curriculum"]
+    row = {"data.layout": "per_example", "training.curriculum": '{"d_start": 2}', "seed": 0}
+    assert curve_label(row, keys, seeds=False) == 'layout=per_example, curriculum={"d_start":2}'
+    assert curve_label(row, keys, seeds=True).endswith(", seed=0")
+    finals = np.random.default_rng(1).permutation(LABELLED + 5) + 1.0
+    curves = {f"t{i}": {"sequences": [1, 2], "test_loss": [4.0, f], "reference": [1.0, 1.0], "reference_name": "bayes",
+                        "status": "done", "label": f"trial {i}"} for i, f in enumerate(finals)}
+    fig = curves_figure(curves)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    best = sorted(range(len(finals)), key=lambda i: finals[i])[:LABELLED]
+    assert labels == [f"trial {i} (done)" for i in best]
+    assert len(fig.axes[0].get_lines()) == len(finals)

@@ -100,7 +100,8 @@ def seed_figure(rows: list[dict[str, Any]], metric: str, label: str):
 
 def trial_curves(sweep_dir: Path, data: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
     """Every trial's training curve from its ``metrics.jsonl`` (finished, stopped or running): sequences and
-    the test loss, with the reference baseline's loss on the same split where the trial logs one."""
+    the test loss, with the reference baseline's loss on the same split where the trial logs one, and a short
+    label (the swept keys' last parts with their values, and the seed where there are several)."""
     curves = {}
     for row in data["rows"]:
         path = trial_dir(sweep_dir, row["trial"]) / "metrics.jsonl"
@@ -109,33 +110,51 @@ def trial_curves(sweep_dir: Path, data: dict[str, Any]) -> dict[str, dict[str, l
             ref = row.get("best_honest") or next((n for n in ("bayes_posterior_mixture", "dmmse", "context_validation_select")
                                                   if n in records[-1].get("baselines", {})), None)
             curves[row["trial"]] = {"sequences": [r["sequences"] for r in records], "test_loss": [r["test_loss"] for r in records],
-                                    "status": row["status"],
+                                    "status": row["status"], "label": curve_label(row, data["keys"], len(data["seeds"]) > 1),
                                     **({"reference": [r["baselines"].get(ref, math.nan) for r in records], "reference_name": ref}
                                        if ref else {})}
     return curves
 
 
+def curve_label(row: dict[str, Any], keys: list[str], seeds: bool) -> str:
+    """``layout=per_example, n_embd=128, …`` for a trial's row: each swept key by its last part."""
+    parts = [f"{k.rsplit('.', 1)[-1]}={str(row[k]).replace(' ', '')}" for k in keys]
+    return ", ".join(parts + ([f"seed={row['seed']}"] if seeds or not parts else []))
+
+
+LABELLED = 10  # with more curves than this, the best ones at their last epoch are labelled, the others grey
+
+
 def curves_figure(curves: dict[str, dict[str, Any]]):
     """Every trial's curve: the test loss relative to the reference's (``test / reference − 1``) against the
-    training sequences, or the test loss where there is no reference; stopped trials dashed."""
+    training sequences, or the test loss where there is no reference; stopped trials dashed. With more than
+    ``LABELLED`` trials the best ``LABELLED`` at their last epoch get colours and the legend, the rest thin grey."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    cmap = plt.get_cmap("tab20")
     relative = all("reference" in c for c in curves.values())
-    for i, (name, c) in enumerate(sorted(curves.items())):
-        y = [t / r - 1 for t, r in zip(c["test_loss"], c["reference"])] if relative else c["test_loss"]
-        ax.plot(c["sequences"], y, "--" if c["status"] == "stopped" else "-", color=cmap(i % 20), lw=1.2,
-                label=f"{name} ({c['status']})")
+    ys = {name: [t / r - 1 for t, r in zip(c["test_loss"], c["reference"])] if relative else c["test_loss"]
+          for name, c in curves.items()}
+    ranked = sorted(curves, key=lambda name: (math.isnan(ys[name][-1]), ys[name][-1]))
+    shown = ranked[:LABELLED]
+    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.18 * len(shown)))
+    cmap = plt.get_cmap("tab10")
+    for name in ranked[LABELLED:]:
+        ax.plot(curves[name]["sequences"], ys[name], "--" if curves[name]["status"] == "stopped" else "-", color="0.75", lw=0.8)
+    for i, name in enumerate(shown):
+        c = curves[name]
+        ax.plot(c["sequences"], ys[name], "--" if c["status"] == "stopped" else "-", color=cmap(i % 10), lw=1.4,
+                label=f"{c.get('label') or name} ({c['status']})")
     ax.set_xlabel("training sequences")
     ax.set_ylabel("test loss / reference − 1" if relative else "test loss")
     ax.set_yscale("log")
+    rest = f"; the other {len(ranked) - len(shown)} grey" if len(ranked) > len(shown) else ""
     ax.set_title("Every trial's curve" + (f" against {next(iter(curves.values()))['reference_name']}" if relative else "")
-                 + " (dashed: stopped early by the scheduler)", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
+                 + f" (dashed: stopped early by the scheduler{'; labelled: the best ' + str(len(shown)) + ' at their last epoch' + rest if rest else ''})",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     fig.tight_layout()
     return fig
 
