@@ -196,7 +196,7 @@ def test_sigkill_driver_then_resume_equals_uninterrupted(ray_session, tmp_path):
 def test_ctrl_c_leaves_running_trials_to_resume_not_stopped(ray_session, tmp_path):
     """Ctrl-C (SIGINT) on the driver: Tune stops every trial, but only the scheduler's stops are stops; the
     interrupted trials stay unfinished and a resume trains them to the end."""
-    longer = dict(TINY, **{"training.epochs": 6, "training.save_every_epochs": 2, "data.train_samp_per_class": 1200})
+    longer = dict(TINY, **{"training.epochs": 14, "training.save_every_epochs": 2, "data.train_samp_per_class": 1200})
     spec = write_spec(tmp_path / "int.yaml", set=longer, seeds=[5, 6], stages=["train"])
     out = tmp_path / "sweep"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -216,7 +216,7 @@ def test_ctrl_c_leaves_running_trials_to_resume_not_stopped(ray_session, tmp_pat
     assert "stopped" not in states.values() and "running" in states.values(), (states, output)
     resumed = run_sweep(None, out, resume=True, echo=lambda line: None)
     assert resumed.count("done") == 2
-    assert all(len((out / "trials" / f"seed={s}" / "metrics.jsonl").read_text().splitlines()) == 6 for s in (5, 6))
+    assert all(len((out / "trials" / f"seed={s}" / "metrics.jsonl").read_text().splitlines()) == 14 for s in (5, 6))
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -448,9 +448,16 @@ def test_seeded_asha_judges_a_continuing_trial_again_and_reports_each_stop():
     asha.on_trial_add(None, late)
     # new at rung 100 with 0.25: the cutoff over 0.1, 0.2, 0.3 and late's 0.25 is worse than the best third
     assert asha.on_trial_result(None, new, {"sequences": 100, "excess_ratio": 0.25}) == TrialScheduler.STOP
-    # late resumes past 300: judged there again (0.9 against a's 0.1) and stopped; not judged again at 100
-    assert asha.on_trial_result(None, late, {"sequences": 320, "excess_ratio": 0.9}) == TrialScheduler.STOP
+    # late resumes past 300: judged there again with the 0.9 it had at 300 (not its 0.05 now), against a's 0.1
+    assert asha.on_trial_result(None, late, {"sequences": 320, "excess_ratio": 0.05}) == TrialScheduler.STOP
     assert stops == [("new", 100), ("late", 320)]
+    keeps = seeded_asha(settings, {"a": [(100, 0.3), (300, 0.2)], "good": [(100, 0.1), (300, 0.05)]}, running={"good"},
+                        finished={"a": "done"})
+    good = SimpleNamespace(trial_id="3", config={"name": "good"})
+    keeps.on_trial_add(None, good)
+    assert keeps.on_trial_result(None, good, {"sequences": 320, "excess_ratio": 0.02}) == TrialScheduler.CONTINUE
+    rung300 = next(recorded for milestone, recorded in keeps._brackets[0]._rungs if milestone == 300)
+    assert rung300 == {"earlier:a": pytest.approx(-0.2), "3": pytest.approx(-0.05)}  # its value at 300, not its later 0.02
     fresh = seeded_asha(settings, {}, running={"new"})
     fresh.on_trial_add(None, new)
     assert fresh.on_trial_result(None, new, {"sequences": 100, "excess_ratio": 0.25}) == TrialScheduler.CONTINUE

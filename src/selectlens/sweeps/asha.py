@@ -6,7 +6,8 @@ only, so a driver that is killed loses it, and a fresh ASHA on ``--resume`` woul
 empty rungs and let every one of them through. ``seeded_asha`` rebuilds the rungs from the trials' own
 ``metrics.jsonl`` before the resumed sweep starts: finished and stopped trials fill the rungs they reached, and
 a trial that continues from its checkpoint keeps the rungs below the highest it reached and is judged at that
-one again with its first result (the kill may have come between the record and the judgement). Training is
+one again when it first reports, with the value it had there (the kill may have come between the record
+and the judgement). Training is
 deterministic, so these are the values an uninterrupted sweep's ASHA saw (exactly so where each rung is
 crossed by an epoch of its own, as in the shipped specs). A stop is written to the trial's status the moment
 ASHA decides it, so a stopped trial stays stopped however the driver ends.
@@ -74,9 +75,10 @@ def seeded_asha(settings: dict[str, Any], history: dict[str, list[tuple[float, f
 
     The trials named in ``running`` (the ones this invocation runs) keep theirs under their new Tune trial,
     except the highest rung each had reached: a kill may have come between its record and ASHA's judgement,
-    so it is judged there again with its first result. The others (``finished``: name → ``done`` or
-    ``stopped``) keep theirs under their name, their last result fed again as Ray does when a trial ends.
-    ``on_stop(name, result)`` is called the moment ASHA stops a trial, so that the stop outlives a killed driver.
+    so at its first result it is judged there again, with the value it had at that rung. The others
+    (``finished``: name → ``done`` or ``stopped``) keep theirs under their name, their last result fed again as
+    Ray does when a trial ends. ``on_stop(name, result)`` is called the moment ASHA stops a trial, so that
+    the stop outlives a killed driver.
     """
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
@@ -90,6 +92,7 @@ def seeded_asha(settings: dict[str, Any], history: dict[str, list[tuple[float, f
                              max_t=settings["max"] * 1.01 + 1, grace_period=settings["grace"],
                              reduction_factor=settings["reduction"])
             self._names: dict[str, str] = {}
+            self._rejudge: dict[str, tuple[float, float]] = {}  # trial id → (its highest rung, its value there)
             for name, points in history.items():
                 if name not in running:
                     repeats = {"done": 2, "stopped": 1}.get(finished.get(name, ""), 0)  # final report, completion
@@ -100,23 +103,30 @@ def seeded_asha(settings: dict[str, Any], history: dict[str, list[tuple[float, f
             name = (trial.config or {}).get("name")
             self._names[trial.trial_id] = name
             if name in running and name in history:
-                self._seed(trial.trial_id, history[name], judge_last=True)
+                self._seed(trial.trial_id, history[name], rejudge=True)
 
         def on_trial_result(self, tune_controller, trial, result):
-            action = super().on_trial_result(tune_controller, trial, result)
+            action = TrialScheduler.CONTINUE
+            if trial.trial_id in self._rejudge and self._time_attr in result and self._metric in result:
+                milestone, value = self._rejudge.pop(trial.trial_id)
+                action = self._trial_info[trial.trial_id].on_result(trial, milestone, self._metric_op * value)
+                self._num_stopped += action == TrialScheduler.STOP
+            if action != TrialScheduler.STOP:
+                action = super().on_trial_result(tune_controller, trial, result)
             if action == TrialScheduler.STOP and on_stop and result.get(self._time_attr, 0) < self._max_t:
                 on_stop(self._names.get(trial.trial_id), result)
             return action
 
-        def _seed(self, key: str, points: list[tuple[float, float]], judge_last: bool = False) -> None:
-            for bracket in self._brackets:
-                values = recorded_at_rungs(points, [milestone for milestone, _ in bracket._rungs])  # highest first
-                if judge_last:
-                    values = values[:]
-                    top = next((i for i, v in enumerate(values) if v is not None), None)
-                    if top is not None:
-                        values[top] = None
-                for (_, recorded), value in zip(bracket._rungs, values):
+        def _seed(self, key: str, points: list[tuple[float, float]], rejudge: bool = False) -> None:
+            bracket = self._trial_info.get(key) if rejudge else None
+            for b in [bracket] if bracket else self._brackets:
+                milestones = [milestone for milestone, _ in b._rungs]  # highest first
+                values = recorded_at_rungs(points, milestones)
+                top = next((i for i, v in enumerate(values) if v is not None), None)
+                if rejudge and top is not None:
+                    self._rejudge[key] = (milestones[top], values[top])
+                    values = values[:top] + [None] + values[top + 1:]
+                for (_, recorded), value in zip(b._rungs, values):
                     if value is not None:
                         recorded[key] = self._metric_op * value  # ASHA keeps rewards: mode "min" negates
 
