@@ -449,6 +449,7 @@ def test_seeded_asha_judges_a_continuing_trial_again_and_reports_each_stop():
     # new at rung 100 with 0.25: the cutoff over 0.1, 0.2, 0.3 and late's 0.25 is worse than the best third
     assert asha.on_trial_result(None, new, {"sequences": 100, "excess_ratio": 0.25}) == TrialScheduler.STOP
     # late resumes past 300: judged there again with the 0.9 it had at 300 (not its 0.05 now), against a's 0.1
+    assert asha.on_trial_result(None, late, {"sequences": 280, "excess_ratio": 0.6}) == TrialScheduler.CONTINUE  # not back yet
     assert asha.on_trial_result(None, late, {"sequences": 320, "excess_ratio": 0.05}) == TrialScheduler.STOP
     assert stops == [("new", 100), ("late", 320)]
     keeps = seeded_asha(settings, {"a": [(100, 0.3), (300, 0.2)], "good": [(100, 0.1), (300, 0.05)]}, running={"good"},

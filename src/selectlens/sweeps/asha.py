@@ -6,8 +6,8 @@ only, so a driver that is killed loses it, and a fresh ASHA on ``--resume`` woul
 empty rungs and let every one of them through. ``seeded_asha`` rebuilds the rungs from the trials' own
 ``metrics.jsonl`` before the resumed sweep starts: finished and stopped trials fill the rungs they reached, and
 a trial that continues from its checkpoint keeps the rungs below the highest it reached and is judged at that
-one again when it first reports, with the value it had there (the kill may have come between the record
-and the judgement). Training is
+one again when it reports from that rung on, with the value it had there (the kill may have come between
+the record and the judgement). Training is
 deterministic, so these are the values an uninterrupted sweep's ASHA saw (exactly so where each rung is
 crossed by an epoch of its own, as in the shipped specs). A stop is written to the trial's status the moment
 ASHA decides it, so a stopped trial stays stopped however the driver ends.
@@ -18,6 +18,7 @@ invocation that runs it, so earlier invocations' wall times are not on the same 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,7 +76,8 @@ def seeded_asha(settings: dict[str, Any], history: dict[str, list[tuple[float, f
 
     The trials named in ``running`` (the ones this invocation runs) keep theirs under their new Tune trial,
     except the highest rung each had reached: a kill may have come between its record and ASHA's judgement,
-    so at its first result it is judged there again, with the value it had at that rung. The others
+    so once it reports from that rung on it is judged there again, with the value it had at the rung (a
+trial that resumes from a checkpoint below the rung trains back to it first). The others
     (``finished``: name → ``done`` or ``stopped``) keep theirs under their name, their last result fed again as
     Ray does when a trial ends. ``on_stop(name, result)`` is called the moment ASHA stops a trial, so that
     the stop outlives a killed driver.
@@ -107,7 +109,8 @@ def seeded_asha(settings: dict[str, Any], history: dict[str, list[tuple[float, f
 
         def on_trial_result(self, tune_controller, trial, result):
             action = TrialScheduler.CONTINUE
-            if trial.trial_id in self._rejudge and self._time_attr in result and self._metric in result:
+            milestone = self._rejudge.get(trial.trial_id, (math.inf,))[0]
+            if result.get(self._time_attr, -math.inf) >= milestone and self._metric in result:  # back at the rung
                 milestone, value = self._rejudge.pop(trial.trial_id)
                 action = self._trial_info[trial.trial_id].on_result(trial, milestone, self._metric_op * value)
                 self._num_stopped += action == TrialScheduler.STOP
@@ -148,8 +151,6 @@ def recorded_at_rungs(points: list[tuple[float, float]], milestones: list[float]
 
 def rungs(settings: dict[str, Any]) -> list[float]:
     """ASHA's rungs for the spec's settings, lowest first: grace, grace·reduction, … up to max (as Ray builds them)."""
-    import math
-
     count = int(math.log((settings["max"] * 1.01 + 1) / settings["grace"]) / math.log(settings["reduction"]) + 1)
     return [settings["grace"] * settings["reduction"] ** k for k in range(count)]
 
