@@ -561,7 +561,8 @@ def test_keep_run_names_the_process_count_a_run_trained_on(small_run, tmp_path):
     assert not (tmp_path / "records" / "bad").exists()
 
 
-@pytest.mark.parametrize("record", sorted(p.name for p in (ROOT / "records").iterdir() if (p / "record.json").is_file()))
+@pytest.mark.parametrize("record", sorted(p.name for p in (ROOT / "records").iterdir()
+                                           if (p / "record.json").is_file() and not (p / "sweep.json").is_file()))
 def test_a_committed_record_command_rebuilds_its_config(record):
     """Each kept record's train command, loaded as `selectlens train` would, gives the record's config.json
     (every key that shapes a run), so the command under a docs table still makes the run it shows."""
@@ -584,6 +585,21 @@ def test_a_committed_record_command_rebuilds_its_config(record):
         assert newer == {k: fields[k].default for k in newer}, section
         assert {k: v for k, v in rebuilt[section].items() if k in stored[section]} == stored[section], section
     assert rebuilt["seed"] == stored["seed"]
+
+
+@pytest.mark.parametrize("record", sorted(p.name for p in (ROOT / "records").iterdir() if (p / "sweep.json").is_file()))
+def test_a_committed_sweep_record_command_rebuilds_its_trials(record):
+    """A kept sweep's command names a shipped spec that gives exactly the trials (names and configs) it holds."""
+    import shlex
+
+    from selectlens.sweeps import load_spec
+
+    meta = json.loads((ROOT / "records" / record / "record.json").read_text())
+    command = shlex.split(meta["command"])
+    assert command[:2] == ["selectlens", "sweep"] and shlex.split(meta["resume"])[:2] == ["selectlens", "sweep"]
+    rebuilt = load_spec(ROOT / command[2]).trials()
+    saved = json.loads((ROOT / "records" / record / "sweep.json").read_text())["trials"]
+    assert [(t.name, t.config.to_dict()) for t in rebuilt] == [(t["name"], t["config"]) for t in saved]
 
 
 def test_a_train_bench_row_names_the_loss_it_measured():
