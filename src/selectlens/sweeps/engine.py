@@ -40,7 +40,6 @@ from selectlens.sweeps.aggregate import write_summary
 from selectlens.sweeps.asha import epoch_report, reference_name, rung_history, seeded_asha
 from selectlens.sweeps.spec import SweepSpec, Trial, spec_yaml
 from selectlens.sweeps.store import SweepDirError, read_sweep
-from selectlens.config import config_from_dict
 from selectlens.sweeps.trial import FINAL, TrialStopped, read_status, run_trial, write_status
 
 
