@@ -32,7 +32,7 @@ import platform
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 FILES = ("config.json", "eval.json", "eval.md", "metrics.jsonl", "timing.jsonl")
 NAMING = {"out_dir", "wandb"}  # where a run is written and what it is called: not part of its recipe
@@ -199,13 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing record")
     p.add_argument("--machine", default=None, help="the machine the run was trained on (default: this one)")
     a = p.parse_args(argv)
-    try:
+
+    def keep_all() -> None:
         if len({run.name for run in a.runs}) < len(a.runs):
             raise KeepError("two runs of the same name would make one record")
         planned = [plan(run, a.to, a.preset, a.force) for run in a.runs]  # every run checked before any is written
         machine, code = a.machine or this_machine(), code_revision()
         for p in planned:
             print(write(p, machine, code))
+
+    return exit_code(keep_all)
+
+
+def exit_code(keep_it: Callable[[], None]) -> int:
+    """Run ``keep_it``; a record it cannot make is one ``error:`` line and exit code 2, never a traceback."""
+    try:
+        keep_it()
     except (KeepError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

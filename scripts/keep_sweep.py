@@ -42,8 +42,8 @@ def _keep_run():
     return module
 
 
-class KeepError(Exception):
-    """A sweep or record the script cannot use; printed as one ``error:`` line."""
+keep_run = _keep_run()
+KeepError = keep_run.KeepError  # a sweep or record the script cannot use; printed as one ``error:`` line
 
 
 def progress(sweep: Path) -> str:
@@ -114,7 +114,6 @@ def keep(sweep: Path, spec_file: Path, to: Path, force: bool, machine: str | Non
     names = check(sweep, spec_file)
     out = f"sweeps/{sweep.name}"
     command = f"selectlens sweep {shlex.quote(str(spec_file))} --out {shlex.quote(out)} --max-concurrent {max_concurrent}"
-    keep_run = _keep_run()
     meta = {"from": str(sweep), "command": command, "resume": f"selectlens sweep --out {shlex.quote(out)} --resume",
             "progress": progress(sweep),
             "machine": machine or keep_run.this_machine(), "code": keep_run.code_revision()}
@@ -147,12 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", default=None, help="the machine the sweep ran on (default: this one)")
     p.add_argument("--max-concurrent", type=int, default=2, help="the sweep's --max-concurrent, for its command (default 2)")
     a = p.parse_args(argv)
-    try:
-        print(keep(a.sweep, a.spec, a.to, a.force, a.machine, a.max_concurrent))
-    except (KeepError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return keep_run.exit_code(lambda: print(keep(a.sweep, a.spec, a.to, a.force, a.machine, a.max_concurrent)))
 
 
 if __name__ == "__main__":

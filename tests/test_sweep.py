@@ -144,6 +144,21 @@ def _checkpointed(out: Path) -> bool:
     return any((out / "trials").glob("*/checkpoints/epoch_000004"))
 
 
+def _driver_at_first_checkpoint(spec: Path, out: Path, ray_session: str) -> subprocess.Popen:
+    """A sweep driver in its own process group, connected with --address, once a trial has checkpoints."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "selectlens.cli", "sweep", str(spec), "--out", str(out), "--address", ray_session]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not _checkpointed(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if proc.poll() is not None or not _checkpointed(out):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"the driver ended or made no checkpoint in 120 s: {proc.communicate()[0].decode()}")
+    return proc
+
+
 def test_sigkill_driver_then_resume_equals_uninterrupted(ray_session, tmp_path):
     """The driver (its own process group, connected with --address) is SIGKILLed once a trial has
     checkpoints; --resume finishes the sweep and every trial equals an uninterrupted run."""
@@ -153,14 +168,8 @@ def test_sigkill_driver_then_resume_equals_uninterrupted(ray_session, tmp_path):
     longer = dict(TINY, **{"training.epochs": 14, "training.save_every_epochs": 2, "data.train_samp_per_class": 1200})
     spec = write_spec(tmp_path / "kill.yaml", set=longer, seeds=[3, 4], stages=["train"])
     out = tmp_path / "sweep"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "selectlens.cli", "sweep", str(spec), "--out", str(out), "--address", ray_session]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _driver_at_first_checkpoint(spec, out, ray_session)
     try:
-        deadline = time.monotonic() + 120
-        while not _checkpointed(out) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read().decode()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
@@ -199,14 +208,8 @@ def test_ctrl_c_leaves_running_trials_to_resume_not_stopped(ray_session, tmp_pat
     longer = dict(TINY, **{"training.epochs": 14, "training.save_every_epochs": 2, "data.train_samp_per_class": 1200})
     spec = write_spec(tmp_path / "int.yaml", set=longer, seeds=[5, 6], stages=["train"])
     out = tmp_path / "sweep"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "selectlens.cli", "sweep", str(spec), "--out", str(out), "--address", ray_session]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _driver_at_first_checkpoint(spec, out, ray_session)
     try:
-        deadline = time.monotonic() + 120
-        while not _checkpointed(out) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read().decode()
         os.kill(proc.pid, signal.SIGINT)
         output = proc.communicate(timeout=120)[0].decode()
     finally:
