@@ -467,6 +467,32 @@ def test_seeded_asha_judges_a_continuing_trial_again_and_reports_each_stop():
     assert fresh.on_trial_result(None, new, {"sequences": 100, "excess_ratio": 0.25}) == TrialScheduler.CONTINUE
 
 
+def test_asha_never_stops_a_trial_that_has_trained_its_whole_budget():
+    """The top rung is the budget (100 · 3² = 900): a worse trial judged there has nothing left to save and
+    goes on to its evaluation, its value kept on the rung; below the budget the same value stops it."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from selectlens.sweeps.asha import seeded_asha
+
+    settings = {"metric": "excess_ratio", "time": "sequences", "max": 900, "grace": 100, "reduction": 3}
+    history = {"a": [(100, 0.1), (300, 0.1), (900, 0.1)], "b": [(100, 0.1), (300, 0.1), (900, 0.1)],
+               "c": [(100, 0.1), (300, 0.2)]}
+    stops = []
+    asha = seeded_asha(settings, history, running={"late"}, finished={"a": "done", "b": "done", "c": "stopped"},
+                       on_stop=lambda name, result: stops.append(name))
+    late = SimpleNamespace(trial_id="1", config={"name": "late"})
+    asha.on_trial_add(None, late)
+    assert asha.on_trial_result(None, late, {"sequences": 100, "excess_ratio": 0.1}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, late, {"sequences": 300, "excess_ratio": 0.1}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, late, {"sequences": 900, "excess_ratio": 0.5}) == TrialScheduler.CONTINUE
+    rung900 = next(recorded for milestone, recorded in asha._brackets[0]._rungs if milestone == 900)
+    assert rung900["1"] == pytest.approx(-0.5) and stops == []
+    worse = SimpleNamespace(trial_id="2", config={"name": "worse"})
+    asha.on_trial_add(None, worse)
+    assert asha.on_trial_result(None, worse, {"sequences": 300, "excess_ratio": 0.5}) == TrialScheduler.STOP
+    assert stops == ["worse"]
+
+
 def test_curve_figure_labels_the_best_trials_shortly():
     """With more trials than the legend holds, the best at their last epoch are labelled by their swept values."""
     from selectlens.sweeps.report import LABELLED, curve_label, curves_figure

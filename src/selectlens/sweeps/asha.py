@@ -116,6 +116,11 @@ trial that resumes from a checkpoint below the rung trains back to it first). Th
                 self._num_stopped += action == TrialScheduler.STOP
             if action != TrialScheduler.STOP:
                 action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP and result.get(self._time_attr, -math.inf) >= settings["max"]:
+                # The top rung is the budget itself: a trial judged there has trained all of it, so a stop saves
+                # nothing and would cost the trial its evaluation. Its value stays on the rung; it runs on to eval.
+                action = TrialScheduler.CONTINUE
+                self._num_stopped -= 1
             if action == TrialScheduler.STOP and on_stop and result.get(self._time_attr, 0) < self._max_t:
                 on_stop(self._names.get(trial.trial_id), result)
             return action
