@@ -58,7 +58,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REGION = re.compile(r"(<!-- table: (?P<name>[\w.-]+)(?P<opts>[^>]*?)-->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -424,9 +424,11 @@ def recipe_run(run: Path) -> dict[str, Any]:
     for g in _sigma_groups(ev):
         res = ev["groups"][g]
         ratio, shown = res["excess_risk_ratio"], res["selection_shown"]
+        worst = max((n for n in sizes if n >= 2 * d), key=lambda n: ratio["mean"][idx[n]])
         out["groups"][g] = {"ratio": {n: ratio["mean"][i] for n, i in idx.items()},
+                            "ci": {n: (ratio["ci_low"][i], ratio["ci_high"][i]) for n, i in idx.items()},
                             "shown_d_2d": all(shown[idx[n]] for n in range(d, 2 * d + 1) if n in idx) if selects else None,
-                            "worst_2d": max(ratio["mean"][idx[n]] for n in sizes if n >= 2 * d), "d": d}
+                            "worst_2d": ratio["mean"][idx[worst]], "worst_n": worst, "d": d}
         ref_mse, line = res["predictors"][ref]["mse"]["mean"], res.get("non_selecting_excess")
         if line is not None and selects:
             out["groups"][g]["line"] = {n: line["mean"][i] / ref_mse[i] for n, i in idx.items()}
@@ -450,19 +452,28 @@ def _change(cfg: dict[str, Any], preset: dict[str, Any]) -> str:
 
 
 def _sigma_cells(runs: list[dict[str, Any]], g: str) -> list[str]:
-    """σ = 0.5's worst excess at n ≥ 2d, or σ = 0.1's excess at d and 2d, the ridge line and the selection count."""
+    """σ = 0.5's worst excess at n ≥ 2d, or σ = 0.1's excess at d and 2d, the ridge line and the selection count.
+    Several seeds: their mean and 95% t-interval across seeds. One seed: its value and its own paired 95% CI
+    over the held-out sequences (a CI across seeds needs two)."""
     from selectlens.sweeps.aggregate import t_interval
 
     gs = [r["groups"][g] for r in runs if g in r["groups"]]
+
+    def interval(n_of: Callable[[dict[str, Any]], int]) -> tuple[float, float, float]:
+        if len(gs) == 1:
+            n = n_of(gs[0])
+            return (gs[0]["ratio"][n], *gs[0]["ci"][n])
+        return t_interval([x["ratio"][n_of(x)] for x in gs])
+
     if g == "sigma=0.5":
         if not gs:
             return ["—"]
-        m, lo, hi = t_interval([x["worst_2d"] for x in gs])
+        m, lo, hi = interval(lambda x: x["worst_n"])
         return [f"{m:+.3f} {_ci(lo, hi, '+.3f')}"]
     if not gs:
         return ["—"] * 3
     d = gs[0]["d"]
-    at = [t_interval([x["ratio"][n] for x in gs]) for n in (d, 2 * d)]
+    at = [interval(lambda x, n=n: n) for n in (d, 2 * d)]
     lines = [sum(x["line"][n] for x in gs) / len(gs) for n in (d, 2 * d)] if all("line" in x for x in gs) else None
     shown = [x["shown_d_2d"] for x in gs]
     return [" / ".join(f"{m:+.2f} {_ci(lo, hi, '+.2f')}" for m, lo, hi in at),

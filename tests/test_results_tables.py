@@ -271,6 +271,24 @@ def test_recipe_table_reads_plain_runs_as_one_row_per_configuration(tmp_path):
     [book_row], plain = _rows(text, "a"), _rows(text, "b")
     assert [r[0] for r in plain] == ["arm", "other"] and plain[0][1:] == book_row[1:] and plain[0][3] == "2/3"
     assert plain[1][1] == "lr=0.001, target=observed, position_weights=uniform" and plain[1][3] == "1/1"
+    _fake_ablation_run(tmp_path / "ridge_s0", 0, "ridge[0.5]", *before)  # one seed, not at Bayes
+    single = tmp_path / "single.md"
+    single.write_text(_page(tmp_path, "c view=recipe"))
+    assert _run_script(single, "--table", "c", str(tmp_path / "ridge_s0")).returncode == 0
+    [one] = _rows(single.read_text(), "c")
+    ev = json.loads((tmp_path / "ridge_s0" / "eval.json").read_text())  # one seed: its own paired CIs, from eval.json
+    d, sizes = ev["d"], ev["positions"]
+
+    def cell(group: str, n: int, spec: str) -> str:
+        r = ev["groups"][group]["excess_risk_ratio"]
+        i = sizes.index(n)
+        return f"{r['mean'][i]:{spec}} [{r['ci_low'][i]:{spec}}, {r['ci_high'][i]:{spec}}]"
+
+    half = ev["groups"]["sigma=0.5"]["excess_risk_ratio"]["mean"]
+    worst = max((n for n in sizes if n >= 2 * d), key=lambda n: half[sizes.index(n)])
+    assert one[4] == cell("sigma=0.5", worst, "+.3f")
+    assert one[5] == f"{cell('sigma=0.1', d, '+.2f')} / {cell('sigma=0.1', 2 * d, '+.2f')}"
+    assert one[5] != "+0.00 [+0.00, +0.00] / +0.00 [+0.00, +0.00]" and "(n<2)" not in plain[0][4]  # three seeds: t
     assert "selectlens eval --run" in text.split("table: b")[1]
     res = _run_script(page, "--table", "b", str(src / "arm_s0"), str(src / "arm_s0"))  # one seed twice
     assert res.returncode == 2 and "seed 0" in res.stderr and res.stderr.count("\n") == 1
