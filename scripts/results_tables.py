@@ -58,7 +58,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REGION = re.compile(r"(<!-- table: (?P<name>[\w.-]+)(?P<opts>[^>]*?)-->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -428,7 +428,7 @@ def recipe_run(run: Path) -> dict[str, Any]:
         out["groups"][g] = {"ratio": {n: ratio["mean"][i] for n, i in idx.items()},
                             "ci": {n: (ratio["ci_low"][i], ratio["ci_high"][i]) for n, i in idx.items()},
                             "shown_d_2d": all(shown[idx[n]] for n in range(d, 2 * d + 1) if n in idx) if selects else None,
-                            "worst_2d": ratio["mean"][idx[worst]], "worst_n": worst, "d": d}
+                            "worst_n": worst, "d": d}
         ref_mse, line = res["predictors"][ref]["mse"]["mean"], res.get("non_selecting_excess")
         if line is not None and selects:
             out["groups"][g]["line"] = {n: line["mean"][i] / ref_mse[i] for n, i in idx.items()}
@@ -459,21 +459,20 @@ def _sigma_cells(runs: list[dict[str, Any]], g: str) -> list[str]:
 
     gs = [r["groups"][g] for r in runs if g in r["groups"]]
 
-    def interval(n_of: Callable[[dict[str, Any]], int]) -> tuple[float, float, float]:
+    def interval(ns: list[int]) -> tuple[float, float, float]:  # each run's excess at its own n
         if len(gs) == 1:
-            n = n_of(gs[0])
-            return (gs[0]["ratio"][n], *gs[0]["ci"][n])
-        return t_interval([x["ratio"][n_of(x)] for x in gs])
+            return (gs[0]["ratio"][ns[0]], *gs[0]["ci"][ns[0]])
+        return t_interval([x["ratio"][n] for x, n in zip(gs, ns)])
 
     if g == "sigma=0.5":
         if not gs:
             return ["—"]
-        m, lo, hi = interval(lambda x: x["worst_n"])
+        m, lo, hi = interval([x["worst_n"] for x in gs])
         return [f"{m:+.3f} {_ci(lo, hi, '+.3f')}"]
     if not gs:
         return ["—"] * 3
     d = gs[0]["d"]
-    at = [interval(lambda x, n=n: n) for n in (d, 2 * d)]
+    at = [interval([n] * len(gs)) for n in (d, 2 * d)]
     lines = [sum(x["line"][n] for x in gs) / len(gs) for n in (d, 2 * d)] if all("line" in x for x in gs) else None
     shown = [x["shown_d_2d"] for x in gs]
     return [" / ".join(f"{m:+.2f} {_ci(lo, hi, '+.2f')}" for m, lo, hi in at),

@@ -77,7 +77,7 @@ def seeded_asha(settings: dict[str, Any], history: dict[str, list[tuple[float, f
     The trials named in ``running`` (the ones this invocation runs) keep theirs under their new Tune trial,
     except the highest rung each had reached: a kill may have come between its record and ASHA's judgement,
     so once it reports from that rung on it is judged there again, with the value it had at the rung (a
-trial that resumes from a checkpoint below the rung trains back to it first). The others
+    trial that resumes from a checkpoint below the rung trains back to it first). The others
     (``finished``: name → ``done`` or ``stopped``) keep theirs under their name, their last result fed again as
     Ray does when a trial ends. ``on_stop(name, result)`` is called the moment ASHA stops a trial, so that
     the stop outlives a killed driver.
@@ -89,7 +89,8 @@ trial that resumes from a checkpoint below the rung trains back to it first). Th
     class SeededASHA(ASHAScheduler):
         def __init__(self):
             # The budget itself is the trial's (its epochs capped in sequences, its training time in minutes), so
-            # that a trial that uses all of it still evaluates; ASHA's own stop at max_t lies just beyond it.
+            # that a trial that uses all of it still evaluates: max_t lies just beyond it, and a report at or past
+            # the budget is never a stop (on_trial_result).
             super().__init__(time_attr=settings["time"], metric=settings["metric"], mode="min",
                              max_t=settings["max"] * 1.01 + 1, grace_period=settings["grace"],
                              reduction_factor=settings["reduction"])
@@ -117,11 +118,12 @@ trial that resumes from a checkpoint below the rung trains back to it first). Th
             if action != TrialScheduler.STOP:
                 action = super().on_trial_result(tune_controller, trial, result)
             if action == TrialScheduler.STOP and result.get(self._time_attr, -math.inf) >= settings["max"]:
-                # The top rung is the budget itself: a trial judged there has trained all of it, so a stop saves
-                # nothing and would cost the trial its evaluation. Its value stays on the rung; it runs on to eval.
+                # The top rung is the budget itself (and max_t lies past it): a trial judged there has trained all
+                # of it, so a stop saves nothing and would cost the trial its evaluation. Its value stays on the
+                # rung; it runs on to eval.
                 action = TrialScheduler.CONTINUE
                 self._num_stopped -= 1
-            if action == TrialScheduler.STOP and on_stop and result.get(self._time_attr, 0) < self._max_t:
+            if action == TrialScheduler.STOP and on_stop:
                 on_stop(self._names.get(trial.trial_id), result)
             return action
 
