@@ -54,3 +54,44 @@ def test_epochs_record_their_point_and_resume_is_exact(tmp_path):
         d, n = cur.point(r["step"], 5, 20)
         assert r["curriculum"] == {"d": d, "n": n}
     assert records[0]["curriculum"]["n"] < records[-1]["curriculum"]["n"]
+    resumed = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["full_size"] for r in resumed] == [r["full_size"] for r in records]  # its own stream: a resume redraws it
+
+
+def test_end_step_is_the_first_step_at_full_size():
+    from selectlens.config import CurriculumConfig
+
+    for kw, full in (({"d_start": 2, "d_inc": 1, "n_start": 5, "n_inc": 3, "every": 500}, (5, 20)),
+                     ({"d_start": 2, "d_inc": 2, "n_start": 4, "n_inc": 5, "every": 7}, (5, 20)),
+                     ({"d_start": 5, "d_inc": 0, "n_start": 20, "n_inc": 0, "every": 3}, (5, 20))):
+        cur = CurriculumConfig(**kw)
+        brute = next(s for s in range(100_000) if cur.point(s, *full) == full)
+        assert cur.end_step(*full) == brute
+    assert CurriculumConfig(d_start=2, d_inc=0, n_start=5, n_inc=1, every=9).end_step(5, 20) == float("inf")
+
+
+def test_every_epoch_is_also_scored_on_the_full_size_task(tmp_path):
+    """A curriculum run's records carry ``full_size``: the model and the baselines on a full-size test split from
+    a stream of its own (the same sequences every epoch). The last epoch's model loss there is recomputed by
+    hand from the saved weights and the regenerated split; while the point is below full size it differs from
+    the point's own loss."""
+    from selectlens.rundir import load_run_model
+    from selectlens.tasks.protocol import FULL_SIZE_STREAM, stream_seed
+    from selectlens.train.plan import EpochPlan
+
+    cfg = load_config("mixed_noise_cpu", TINY + ["training.epochs=2"])
+    train(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["curriculum"] != {"d": 5, "n": 20} for r in records)  # still below full size at the end
+    for r in records:
+        assert set(r["baselines"]) <= set(r["full_size"]["baselines"]) and "bayes_posterior_mixture" in r["baselines"]
+        assert r["full_size"]["test_loss"] != r["test_loss"]
+    model, _ = load_run_model(tmp_path / "run")
+    task = make_task(cfg)
+    plan = EpochPlan.from_config(cfg)
+    split = task.sample(plan.n_seq - plan.n_train, make_generator(stream_seed(cfg.seed, FULL_SIZE_STREAM)))
+    assert bool((split.x[..., 2:] != 0).any())  # every coordinate in use: the full-size task
+    with torch.no_grad():
+        pred = model.predict_positions(split.tokens, task.readout).double().numpy()
+    by_hand = float(((pred - split.y.double().numpy()) ** 2).mean())
+    assert records[-1]["full_size"]["test_loss"] == pytest.approx(by_hand, rel=1e-5)

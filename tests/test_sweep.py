@@ -509,3 +509,57 @@ def test_curve_figure_labels_the_best_trials_shortly():
     best = sorted(range(len(finals)), key=lambda i: finals[i])[:LABELLED]
     assert labels == [f"trial {i} (done)" for i in best]
     assert len(fig.axes[0].get_lines()) == len(finals)
+
+
+def test_asha_judges_a_curriculum_trial_on_its_full_size_split(tmp_path):
+    """A curriculum trial reports (live, and in the rungs a resume rebuilds) its full-size split's excess, not its
+    smaller point's; a record from before runs kept that split is left off the rungs, and the rung table marks
+    it; the sweep log says when the first rung comes before a curriculum reaches full size."""
+    from selectlens.sweeps.asha import epoch_report
+    from selectlens.sweeps.spec import curriculum_before_grace
+    from selectlens.sweeps.aggregate import collect
+    from selectlens.sweeps.engine import create_sweep_dir
+    from selectlens.sweeps.report import trial_curves
+    from selectlens.sweeps.trial import run_trial, trial_dir
+
+    cur = {"d_start": 2, "d_inc": 1, "n_start": 3, "n_inc": 1, "every": 10}
+    spec = parse_spec({"base": "mixed_noise_cpu", "set": {**RAW_TINY, "training.epochs": 3, "training.position_weights": "uniform"},
+                       "grid": {"training.curriculum": [None, cur]}, "seeds": [0], "stages": ["train"],
+                       "scheduler": {"asha": {"metric": "excess_ratio", "time": "sequences", "max": 1080, "grace": 360}}})
+    trials = spec.trials()
+    out = tmp_path / "sweep"
+    create_sweep_dir(out, spec, trials)
+    reports: dict[str, list[dict]] = {}
+    for t in trials:
+        run_trial(out, t.name, t.config.to_dict(), ["train"], 1, on_epoch=lambda r, n=t.name: reports.setdefault(n, []).append(
+            epoch_report(r, "bayes_posterior_mixture", 0.0)))
+    plain, grown = (t.name for t in trials)
+    metrics = [json.loads(line) for line in (trial_dir(out, grown) / "metrics.jsonl").read_text().splitlines()]
+    full = [m["full_size"]["test_loss"] / m["full_size"]["baselines"]["bayes_posterior_mixture"] - 1 for m in metrics]
+    point = [m["test_loss"] / m["baselines"]["bayes_posterior_mixture"] - 1 for m in metrics]
+    assert [r["excess_ratio"] for r in reports[grown]] == pytest.approx(full, rel=1e-12) and full != pytest.approx(point)
+    history = rung_history(out, {t.name: t.config.to_dict() for t in trials}, spec.asha)
+    assert [v for _, v in history[grown]] == pytest.approx(full, rel=1e-12) and len(history[plain]) == 3
+    curves = trial_curves(out, collect(out))  # the sweep report's curves: the same split
+    assert curves[grown]["test_loss"] == [m["full_size"]["test_loss"] for m in metrics]
+    assert not curves[grown]["label"].endswith("(at its curriculum point)")
+
+    # As written before curriculum runs kept a full-size split: off the rungs, and marked in the table.
+    path = trial_dir(out, grown) / "metrics.jsonl"
+    path.write_text("".join(json.dumps({k: v for k, v in m.items() if k != "full_size"}) + "\n" for m in metrics))
+    assert grown not in rung_history(out, {t.name: t.config.to_dict() for t in trials}, spec.asha)
+    head, rows, line = rung_table(out)
+    row = next(r for r in rows if r[0] != "none")
+    assert row[head.index("excess_ratio at 360")] == f"{point[0]:.3f}°" and row[-1] == f"{point[-1]:.3f}°"
+    assert "° marks a value measured at the trial's curriculum point" in line
+    assert not any("°" in c for r in rows if r[0] == "none" for c in r)
+    assert trial_curves(out, collect(out))[grown]["label"].endswith("(at its curriculum point)")
+
+    # d 2 → 5 and n 3 → 8, a stage every 10 steps: full size at step 50, 50 × 32 = 1,600 sequences > 360.
+    data = trials[1].config.data
+    steps = next(s for s in range(10_000) if trials[1].config.training.curriculum.point(s, data.d_d, data.N) == (data.d_d, data.N))
+    note = curriculum_before_grace(spec, trials)
+    assert note is not None and f"after up to {steps * 32:,} training sequences" in note and "first rung at 360" in note
+    assert curriculum_before_grace(spec, trials[:1]) is None  # no curriculum
+    late = parse_spec({**spec.to_dict(), "scheduler": {"asha": {**spec.asha, "grace": steps * 32, "max": 2 * steps * 32}}})
+    assert curriculum_before_grace(late, trials) is None

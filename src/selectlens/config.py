@@ -237,6 +237,13 @@ class CurriculumConfig(_Section):
         stage = step // self.every
         return min(d, self.d_start + stage * self.d_inc), min(n, self.n_start + stage * self.n_inc)
 
+    def end_step(self, d: int, n: int) -> float:
+        """The first optimiser step at full size ``(d, n)`` (``math.inf`` where a step of 0 never gets there)."""
+        def stages(start: int, inc: int, full: int) -> float:
+            return 0 if start >= full else math.inf if inc == 0 else math.ceil((full - start) / inc)
+
+        return max(stages(self.d_start, self.d_inc, d), stages(self.n_start, self.n_inc, n)) * self.every
+
 
 class TrainingConfig(_Section):
     """Optimisation schedule."""

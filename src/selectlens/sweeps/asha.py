@@ -40,17 +40,30 @@ def reference_name(config: dict[str, Any]) -> str | None:
 
 def epoch_report(record: dict[str, Any], reference: str | None, minutes: float) -> dict[str, Any]:
     """What a trial reports to the scheduler after an epoch: sequences, minutes, test_loss and, with a
-    reference, ``excess_ratio`` = test loss / the reference's − 1 on the same test split."""
-    out = {"sequences": int(record["sequences"]), "minutes": minutes, "test_loss": float(record["test_loss"])}
-    ref = record.get("baselines", {}).get(reference)
+    reference, ``excess_ratio`` = test loss / the reference's − 1 on the same test split.
+
+    A curriculum run's values are those of its full-size split (the record's ``full_size``), so that it is
+    judged on the task every other trial is judged on. A curriculum record without one (written before runs
+    kept it) has only its point's values, on a smaller task: they are reported marked ``at_point``."""
+    out: dict[str, Any] = {"sequences": int(record["sequences"]), "minutes": minutes}
+    source = record.get("full_size")
+    if source is None:
+        source = record
+        if "curriculum" in record:
+            out["at_point"] = True
+    out["test_loss"] = float(source["test_loss"])
+    ref = source.get("baselines", {}).get(reference)
     if ref:
         out["excess_ratio"] = out["test_loss"] / ref - 1
     return out
 
 
-def rung_history(sweep_dir: Path, configs: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+def rung_history(sweep_dir: Path, configs: dict[str, dict[str, Any]], settings: dict[str, Any],
+                 at_point: set[tuple[str, float]] | None = None) -> dict[str, list[tuple[float, float]]]:
     """Per trial name, its ``(time, metric)`` after every epoch it has recorded, in ``settings``' time and metric
-    (empty where the time is minutes, or the trial has no epochs yet)."""
+    (empty where the time is minutes, or the trial has no epochs yet). Values measured at a curriculum point
+    (``epoch_report``'s ``at_point``) are left out, being on a smaller task; with ``at_point`` (a set) they are
+    kept all the same, and each one's ``(trial name, time)`` added to it."""
     if settings["time"] != "sequences":
         return {}
     history: dict[str, list[tuple[float, float]]] = {}
@@ -62,8 +75,11 @@ def rung_history(sweep_dir: Path, configs: dict[str, dict[str, Any]], settings: 
         points = []
         for record in records:
             report = epoch_report(record, reference, 0.0)
-            if settings["metric"] in report:
-                points.append((float(report["sequences"]), float(report[settings["metric"]])))
+            if settings["metric"] not in report or (report.get("at_point") and at_point is None):
+                continue
+            points.append((float(report["sequences"]), float(report[settings["metric"]])))
+            if report.get("at_point"):
+                at_point.add((name, points[-1][0]))
         if points:
             history[name] = points
     return history
@@ -166,7 +182,8 @@ def rung_table(sweep_dir: Path) -> tuple[list[str], list[list[str]], str]:
     """One row per trial that has trained an epoch, furthest rung first and best there first: its grid point,
     status, sequences, and the metric ASHA recorded at each rung it reached (``recorded_at_rungs``: the first
     epoch at or past the rung, where each rung is crossed by an epoch of its own) and at its last epoch;
-    plus one line counting every trial, started or not."""
+    plus one line counting every trial, started or not. A trial's values measured at its curriculum point (on
+    a smaller task; ``rung_history``) are marked °, and the line says so."""
     from selectlens.sweeps.store import read_sweep
     from selectlens.sweeps.trial import read_status
 
@@ -175,7 +192,9 @@ def rung_table(sweep_dir: Path) -> tuple[list[str], list[list[str]], str]:
         raise ValueError(f"{sweep_dir}: the sweep has no ASHA scheduler")
     settings = spec.asha
     milestones = rungs(settings) if settings["time"] == "sequences" else []  # minutes: no common clock (above)
-    history = rung_history(sweep_dir, {t.name: t.config.to_dict() for t in trials}, {**settings, "time": "sequences"})
+    marked: set[tuple[str, float]] = set()
+    history = rung_history(sweep_dir, {t.name: t.config.to_dict() for t in trials}, {**settings, "time": "sequences"},
+                           at_point=marked)
     keys = list(trials[0].point) if trials else []
     rows, counts, total = [], {"done": 0, "stopped": 0, "unfinished": 0, "not started": 0}, 0
     for t in trials:
@@ -187,13 +206,17 @@ def rung_table(sweep_dir: Path) -> tuple[list[str], list[list[str]], str]:
         counts[kind] += 1
         total += points[-1][0]
         at_rung = recorded_at_rungs(points, milestones)
+        when = recorded_at_rungs([(time, time) for time, _ in points], milestones) + [points[-1][0]]  # each value's epoch
+        marks = ["°" if (t.name, time) in marked else "" for time in when]
         top = max((i for i, v in enumerate(at_rung) if v is not None), default=-1)  # the highest rung with a value
         cells = [_cell(t.point[k]) for k in keys] + [str(t.seed), kind, f"{points[-1][0]:,.0f}"]
-        cells += ["—" if v is None else f"{v:.3f}" for v in at_rung] + [f"{points[-1][1]:.3f}"]
+        cells += ["—" if v is None else f"{v:.3f}{m}" for v, m in zip(at_rung + [points[-1][1]], marks)]
         rows.append(((-top, at_rung[top] if top >= 0 else points[-1][1]), cells))
     head = keys + ["seed", "status", "sequences"] + [f"{settings['metric']} at {r:,.0f}" for r in milestones] + ["at the last epoch"]
     line = (f"{len(trials)} trials: {counts['done']} done, {counts['stopped']} stopped by ASHA, {counts['unfinished']} unfinished, "
-            f"{counts['not started']} not started; {total:,.0f} training sequences in all")
+            f"{counts['not started']} not started; {total:,.0f} training sequences in all"
+            + ("; ° marks a value measured at the trial's curriculum point (a smaller d and n), recorded before "
+               "curriculum runs kept a full-size test split, and not on ASHA's rungs" if marked else ""))
     return head, [cells for _, cells in sorted(rows, key=lambda r: r[0])], line
 
 

@@ -38,7 +38,7 @@ from typing import Any, Callable
 from selectlens.fileio import atomic_write, fsync_dir, probe_writable
 from selectlens.sweeps.aggregate import write_summary
 from selectlens.sweeps.asha import epoch_report, reference_name, rung_history, seeded_asha
-from selectlens.sweeps.spec import SweepSpec, Trial, spec_yaml
+from selectlens.sweeps.spec import SweepSpec, Trial, curriculum_before_grace, spec_yaml
 from selectlens.sweeps.store import SweepDirError, read_sweep
 from selectlens.sweeps.trial import FINAL, TrialStopped, read_status, run_trial, write_status
 
@@ -120,6 +120,9 @@ def run_sweep(
         stopped = sum(read_status(out, t.name).get("status") == "stopped" for t in trials)
         echo(f"sweep {out}: {len(trials)} trials, {len(trials) - len(pending) - stopped} done, "
              + (f"{stopped} stopped by the scheduler, " if stopped else "") + f"{len(pending)} to run")
+        early = curriculum_before_grace(spec, pending)
+        if early:
+            echo(early)
         if pending:
             history = rung_history(out, {t.name: t.config.to_dict() for t in trials}, spec.asha) if resume and spec.asha else {}
             finished = {t.name: read_status(out, t.name).get("status", "") for t in trials if t.name not in {p.name for p in pending}}

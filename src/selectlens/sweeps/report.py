@@ -101,17 +101,22 @@ def seed_figure(rows: list[dict[str, Any]], metric: str, label: str):
 def trial_curves(sweep_dir: Path, data: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
     """Every trial's training curve from its ``metrics.jsonl`` (finished, stopped or running): sequences and
     the test loss, with the reference baseline's loss on the same split where the trial logs one, and a short
-    label (the swept keys' last parts with their values, and the seed where there are several)."""
+    label (the swept keys' last parts with their values, and the seed where there are several). A curriculum
+    run's curve is on its full-size split (``full_size``), as ASHA judges it; where its records predate that
+    split, on its curriculum point, and its label says so."""
     curves = {}
     for row in data["rows"]:
         path = trial_dir(sweep_dir, row["trial"]) / "metrics.jsonl"
         records = read_jsonl(path) if path.is_file() else []
         if records:
+            split = [r.get("full_size", r) for r in records]
             ref = row.get("best_honest") or next((n for n in ("bayes_posterior_mixture", "dmmse", "context_validation_select")
-                                                  if n in records[-1].get("baselines", {})), None)
-            curves[row["trial"]] = {"sequences": [r["sequences"] for r in records], "test_loss": [r["test_loss"] for r in records],
-                                    "status": row["status"], "label": curve_label(row, data["keys"], len(data["seeds"]) > 1),
-                                    **({"reference": [r["baselines"].get(ref, math.nan) for r in records], "reference_name": ref}
+                                                  if n in split[-1].get("baselines", {})), None)
+            at_point = any("curriculum" in r and "full_size" not in r for r in records)
+            curves[row["trial"]] = {"sequences": [r["sequences"] for r in records], "test_loss": [r["test_loss"] for r in split],
+                                    "status": row["status"],
+                                    "label": curve_label(row, data["keys"], len(data["seeds"]) > 1) + (" (at its curriculum point)" if at_point else ""),
+                                    **({"reference": [r["baselines"].get(ref, math.nan) for r in split], "reference_name": ref}
                                        if ref else {})}
     return curves
 

@@ -123,6 +123,24 @@ class SweepSpec:
         return cfg if epochs == cfg.training.epochs else cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": epochs})})
 
 
+def curriculum_before_grace(spec: SweepSpec, trials: list[Trial]) -> str | None:
+    """A line for the sweep's log where ASHA's first rung (in sequences) comes before some trials' curricula
+    reach full size: those are judged on the full-size task before they have trained on it. None otherwise."""
+    if not spec.asha or spec.asha["time"] != "sequences":
+        return None
+    ends = []
+    for t in trials:
+        cur, data = t.config.training.curriculum, t.config.data
+        if cur is not None:
+            ends.append(cur.end_step(data.d_d, data.N) * t.config.training.batch_size)
+    late = [e for e in ends if e > spec.asha["grace"]]
+    if not late:
+        return None
+    return (f"note: {len(late)} trials' curricula reach full size after up to {max(late):,.0f} training sequences, past "
+            f"ASHA's first rung at {spec.asha['grace']:,.0f}; ASHA judges them on the full-size task before they have "
+            f"trained at full size (a scheduler.asha.grace of {max(late):,.0f} or more judges every one after)")
+
+
 def _base_path(base: str, base_dir: Path) -> Path:
     p = Path(base)
     if not p.is_absolute() and (base_dir / p).exists():

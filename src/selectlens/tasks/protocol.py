@@ -42,6 +42,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Independent random streams derived from a config's seed.
 DATA_STREAM, SHUFFLE_STREAM, INIT_STREAM, TEMPERATURE_STREAM, EVAL_STREAM = 0, 1, 2, 3, 101
 STACKING_STREAM = 4  # training-distribution data for fitted baselines and the best-honest choice
+FULL_SIZE_STREAM = 5  # a curriculum run's full-size test split, the same sequences every epoch
 PATCH_STREAM = 202  # paired batches for activation patching
 
 

@@ -29,7 +29,7 @@ from selectlens.model.gpt2 import ModelSpec, SelectionTransformer
 from selectlens.model.checkpoint import load_weights, read_safetensors
 from selectlens import rundir
 from selectlens.tasks.protocol import (
-    DATA_STREAM, DTYPES, INIT_STREAM, SHUFFLE_STREAM, STACKING_STREAM, Batch, TaskFamily, make_generator, make_task, stream_seed,
+    DATA_STREAM, DTYPES, FULL_SIZE_STREAM, INIT_STREAM, SHUFFLE_STREAM, STACKING_STREAM, Batch, TaskFamily, make_generator, make_task, stream_seed,
 )
 from selectlens.tasks.memory import check_memory, train_bytes
 from selectlens.train import distributed
@@ -271,12 +271,21 @@ def train_step(state: TrainState, loss: LossFn, tokens: torch.Tensor, target: to
 
 @dataclass
 class CurriculumSplit:
-    """An epoch's test split at a curriculum point: what the model sees and what the reduced task's baselines see."""
+    """An epoch's test split at a curriculum point: what the model sees and what the reduced task's baselines
+    see; and ``full``, a test split of the full-size task (:func:`full_size_split`), on which a curriculum run
+    is compared with runs without one."""
 
     model_batch: Batch
     baseline_batch: Batch
     task: TaskFamily
     point: tuple[int, int]
+    full: Batch
+
+
+def full_size_split(state: TrainState, size: int) -> Batch:
+    """``size`` sequences of the full-size task from a stream of their own (the run's data stream is untouched,
+    so a resume stays exact): the same sequences every epoch, drawn afresh rather than stored."""
+    return state.task.sample(size, make_generator(stream_seed(state.config.seed, FULL_SIZE_STREAM), state.device))
 
 
 def curriculum_point(state: TrainState) -> tuple[int, int]:
@@ -493,7 +502,8 @@ def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=
     if state.config.training.curriculum is not None:
         point = curriculum_point(state)
         model_b, base_b = state.task.sample_at(plan.n_seq - plan.n_train, state.data_gen, *point)
-        test_b = CurriculumSplit(model_b, base_b, state.task.reduced(*point), point)
+        test_b = CurriculumSplit(model_b, base_b, state.task.reduced(*point), point,
+                                 full_size_split(state, plan.n_seq - plan.n_train))
     return float(total) / plan.steps_per_epoch, test_b
 
 
@@ -513,14 +523,16 @@ def epoch_record(state: TrainState, epoch: int, train_loss: float, test_b, basel
 
 
 def split_losses(state: TrainState, test_b: Batch | CurriculumSplit, baselines) -> dict[str, Any]:
-    """The model's and every baseline's test loss on the epoch's test split (with a curriculum: at the current
-    point, the baselines those of the reduced problem, and the point in the record)."""
+    """The model's and every baseline's test loss on the epoch's test split. With a curriculum: at the current
+    point, the baselines those of the reduced problem, the point in the record, and under ``full_size`` the
+    same measured on the full-size split (what a scheduler compares across runs, with and without a curriculum)."""
     t = state.config.training
     if isinstance(test_b, CurriculumSplit):
         reduced = suite_for(test_b.task).predictors(None)
         out = evaluate_split(state.model, state.task, test_b.model_batch, reduced, t.loss, t.loss_positions,
                              baseline_batch=test_b.baseline_batch)
-        return out | {"curriculum": {"d": test_b.point[0], "n": test_b.point[1]}}
+        full = evaluate_split(state.model, state.task, test_b.full, baselines, t.loss, t.loss_positions)
+        return out | {"curriculum": {"d": test_b.point[0], "n": test_b.point[1]}, "full_size": full}
     return evaluate_split(state.model, state.task, test_b, baselines, t.loss, t.loss_positions)
 
 
