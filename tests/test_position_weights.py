@@ -131,6 +131,27 @@ def test_the_curve_plot_shows_the_train_loss_only_on_the_test_losss_scale(extra,
     plt.close(fig)
     assert "model (test)" in labels
     assert [lab for lab in labels if lab.startswith("model (train")] == ([train_label] if train_label else [])
+    assert "model (full-size test split)" not in labels
+
+
+def test_the_curve_plot_of_a_curriculum_run_adds_the_full_size_split():
+    """A curriculum run's test split is at each epoch's point; the plot adds the model on the full-size split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from selectlens.evaluate.runner import _plot_raw_curves
+
+    metrics = [{"sequences": 100 * (i + 1), "test_loss": 1.0 / (i + 1), "train_loss": 0.9 / (i + 1), "curriculum": {"d": 2, "n": 5},
+                "baselines": {"bayes_posterior_mixture": 0.4}, "full_size": {"test_loss": 3.0 / (i + 1), "baselines": {}}}
+               for i in range(3)]
+    fig, ax = plt.subplots()
+    _plot_raw_curves(ax, metrics, None)
+    full = next(line for line in ax.get_lines() if line.get_label() == "model (full-size test split)")
+    title = ax.get_title()
+    plt.close(fig)
+    assert list(full.get_ydata()) == [3.0, 1.5, 1.0] and "full-size split" in title
 
 
 PER_TYPE = "training.position_weights=inverse_reference_per_type"

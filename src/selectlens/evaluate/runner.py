@@ -327,6 +327,10 @@ def _plot_difference_panel(ax, metrics: list[dict[str, Any]], baseline: str | No
 def _plot_raw_curves(ax, metrics: list[dict[str, Any]], eval_result: dict[str, Any] | None) -> None:
     seqs = [m["sequences"] for m in metrics]
     ax.plot(seqs, [m["test_loss"] for m in metrics], color="black", lw=2, label="model (test)")
+    curriculum = any("full_size" in m for m in metrics)  # the split above is at each epoch's point: add the full task
+    if curriculum:
+        ax.plot(seqs, [m.get("full_size", {}).get("test_loss", np.nan) for m in metrics], "-.", color="black", lw=1.2,
+                label="model (full-size test split)")
     denoised = any(m.get("train_target") == "conditional_mean" for m in metrics)  # no label noise: ~E[σ²] lower
     weighted = any("train_position_weights" in m for m in metrics)  # a weighted mean: not on the test loss's scale
     if not weighted:
@@ -350,7 +354,8 @@ def _plot_raw_curves(ax, metrics: list[dict[str, Any]], eval_result: dict[str, A
         lo = min(losses)
         ax.set_ylim(lo * 0.95, min(max(losses), lo * 2.0))
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Test loss over training (each epoch's held-out split)")
+    ax.set_title("Test loss over training (each epoch's held-out split"
+                 + (" at its curriculum point; dash-dot: the model on a full-size split)" if curriculum else ")"))
 
 
 def non_finite_keys(obj: Any, prefix: str = "") -> list[str]:
