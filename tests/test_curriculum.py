@@ -95,3 +95,18 @@ def test_every_epoch_is_also_scored_on_the_full_size_task(tmp_path):
         pred = model.predict_positions(split.tokens, task.readout).double().numpy()
     by_hand = float(((pred - split.y.double().numpy()) ** 2).mean())
     assert records[-1]["full_size"]["test_loss"] == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_the_full_size_split_leaves_training_untouched(tmp_path, monkeypatch):
+    """Drawn from a stream of its own: a run whose full-size split comes from another seed trains bit for bit
+    the same weights (it would not if the split were drawn from the run's data stream)."""
+    from selectlens.train import loop
+
+    cfg = load_config("mixed_noise_cpu", TINY + ["training.epochs=2"])
+    train(cfg, tmp_path / "a", progress=False)
+    monkeypatch.setattr(loop, "full_size_split", lambda state, size: state.task.sample(size, make_generator(12345)))
+    train(cfg, tmp_path / "b", progress=False)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    first = lambda run: json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0])  # noqa: E731
+    assert first("a")["test_loss"] == first("b")["test_loss"] and first("a")["full_size"] != first("b")["full_size"]
+

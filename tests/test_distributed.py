@@ -77,25 +77,35 @@ def test_two_gloo_ranks_match_one_process_and_resume(one_process, tmp_path):
 RAW_WEIGHTED = ["data.train_samp_per_class=1000", "training.epochs=2", "training.batch_size=64", "model.n_embd=32",
                 "model.n_layer=1", "eval.temperature_sequences=200", "training.position_weights=inverse_reference",
                 "training.target=conditional_mean"]
+RAW_CURRICULUM = RAW_WEIGHTED[:6] + ["training.position_weights=uniform",
+                                     "training.curriculum={d_start: 2, d_inc: 1, n_start: 4, n_inc: 5, every: 6}"]
 
 
-def test_two_gloo_ranks_train_the_weighted_noise_free_raw_loss_like_one_process(tmp_path):
+@pytest.mark.parametrize("raw", [RAW_WEIGHTED, RAW_CURRICULUM], ids=["weighted", "curriculum"])
+def test_two_gloo_ranks_train_the_raw_losses_like_one_process(tmp_path, raw):
     """Position weights and the conditional-mean target on a raw-data task: each rank computes the same weights,
-    and the gradient average over ranks is still the weighted global mean."""
+    and the gradient average over ranks is still the weighted global mean. A curriculum: every rank steps
+    through the same points, and rank 0 alone scores the point's and the full-size test splits."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(load_config("mixed_noise_cpu", RAW_WEIGHTED), tmp_path / "one", progress=False)
+        train(load_config("mixed_noise_cpu", raw), tmp_path / "one", progress=False)
     finally:
         torch.set_num_threads(threads)
     res = selectlens("train", "--config", "mixed_noise_cpu", "--nproc", "2", "--out", str(tmp_path / "ddp"), "--quiet",
-                     *[a for o in RAW_WEIGHTED for a in ("--set", o)])
+                     *[a for o in raw for a in ("--set", o)])
     assert res.returncode == 0, res.stderr
     one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "ddp" / "metrics.jsonl")
     _close(two, one, 1e-4)
-    assert two[-1]["train_position_weights"] == one[-1]["train_position_weights"]
+    if raw is RAW_WEIGHTED:
+        assert two[-1]["train_position_weights"] == one[-1]["train_position_weights"]
+    else:
+        assert [r["curriculum"] for r in two] == [r["curriculum"] for r in one] and one[0]["curriculum"] != one[-1]["curriculum"]
+        for x, y in zip(two, one):
+            assert abs(x["full_size"]["test_loss"] - y["full_size"]["test_loss"]) <= 1e-4
+            assert x["full_size"]["baselines"] == y["full_size"]["baselines"]
 
 
 def _children(pid: int) -> list[int]:

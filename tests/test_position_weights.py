@@ -2,6 +2,7 @@
 predictor's risk there (mean 1); eval stays unweighted."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -146,12 +147,27 @@ def test_the_curve_plot_of_a_curriculum_run_adds_the_full_size_split():
     metrics = [{"sequences": 100 * (i + 1), "test_loss": 1.0 / (i + 1), "train_loss": 0.9 / (i + 1), "curriculum": {"d": 2, "n": 5},
                 "baselines": {"bayes_posterior_mixture": 0.4}, "full_size": {"test_loss": 3.0 / (i + 1), "baselines": {}}}
                for i in range(3)]
+    metrics[0]["full_size"] = {"test_loss": 3.0, "baselines": {"bayes_posterior_mixture": 0.8}}
+    metrics[-1]["full_size"]["baselines"] = {"bayes_posterior_mixture": 0.8}
+    metrics[1].pop("full_size")  # a run resumed across versions: an epoch without the full-size split
     fig, ax = plt.subplots()
     _plot_raw_curves(ax, metrics, None)
-    full = next(line for line in ax.get_lines() if line.get_label() == "model (full-size test split)")
-    title = ax.get_title()
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    title, (low, high) = ax.get_title(), ax.get_ylim()
     plt.close(fig)
-    assert list(full.get_ydata()) == [3.0, 1.5, 1.0] and "full-size split" in title
+    model, ref = lines["model (full-size test split)"], lines["bayes_posterior_mixture (full-size test split)"]
+    assert model[0] == 3.0 and math.isnan(model[1]) and model[2] == 1.0 and ref[2] == 0.8 and "full-size split" in title
+    assert low < 0.8 and 1.0 < high  # the last epoch's full-size values in view (the point's curves end at 1/3)
+
+
+def test_the_beats_panel_of_a_curriculum_run_compares_on_the_full_task():
+    from selectlens.evaluate.runner import full_size_records
+
+    plain = [{"sequences": 10, "test_loss": 1.0, "baselines": {"b": 2.0}}]
+    grown = [dict(plain[0], curriculum={"d": 2, "n": 5}, full_size={"test_loss": 4.0, "baselines": {"b": 3.0}})]
+    assert full_size_records(plain) is plain
+    assert full_size_records(grown) == [{"sequences": 10, "test_loss": 4.0, "baselines": {"b": 3.0}}]
+    assert full_size_records(grown + [dict(plain[0], curriculum={"d": 2, "n": 5})])[0]["test_loss"] == 1.0  # mixed
 
 
 PER_TYPE = "training.position_weights=inverse_reference_per_type"

@@ -210,6 +210,10 @@ def _report_training(result) -> None:
     if last:
         ref = getattr(result, "reference", None)
         beside = f" ({ref} {last['baselines'][ref]:.5f})" if ref in last["baselines"] else ""
+        full = last.get("full_size")  # a curriculum run: the test loss above is at its current point
+        if full:
+            beside += (f"; on the full-size split {full['test_loss']:.5f}"
+                       + (f" ({ref} {full['baselines'][ref]:.5f})" if ref in full["baselines"] else ""))
         click.echo(f"{state}: epoch {result.epoch}, {last['sequences']:,} sequences, test loss {last['test_loss']:.5f}"
                    f"{beside}; run in {result.run_dir}")
     else:

@@ -275,10 +275,21 @@ def training_curves_figure(metrics: list[dict[str, Any]], *, eval_result: dict[s
     import matplotlib.pyplot as plt
 
     fig, (top, ax) = plt.subplots(2, 1, figsize=(8, 9), height_ratios=[1, 1.2])
-    _plot_difference_panel(top, metrics, curve_baseline(metrics, eval_result))
+    compared = full_size_records(metrics)
+    _plot_difference_panel(top, compared, curve_baseline(compared, eval_result))
+    if compared is not metrics:
+        top.set_title(top.get_title() + "\non the full-size test split (a curriculum run)", fontsize=10)
     _plot_raw_curves(ax, metrics, eval_result)
     fig.tight_layout()
     return fig
+
+
+def full_size_records(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The epochs as scored on the full task: a curriculum run's ``full_size`` entries where every epoch has
+    one (a run that began before runs kept that split mixes in none), else the records themselves."""
+    if metrics and all("full_size" in m for m in metrics):
+        return [{"sequences": m["sequences"], **m["full_size"]} for m in metrics]
+    return metrics
 
 
 WARMUP_SHARE = 0.1  # the difference panel's y-axis leaves out the first tenth of the epochs
@@ -327,10 +338,15 @@ def _plot_difference_panel(ax, metrics: list[dict[str, Any]], baseline: str | No
 def _plot_raw_curves(ax, metrics: list[dict[str, Any]], eval_result: dict[str, Any] | None) -> None:
     seqs = [m["sequences"] for m in metrics]
     ax.plot(seqs, [m["test_loss"] for m in metrics], color="black", lw=2, label="model (test)")
-    curriculum = any("full_size" in m for m in metrics)  # the split above is at each epoch's point: add the full task
+    full = [m.get("full_size", {}) for m in metrics]  # a curriculum: the split above is at each epoch's point
+    curriculum = any(full)
+    full_ref = next((n for n in ("bayes_posterior_mixture", "dmmse") if n in (full[-1].get("baselines") or {})), None)
     if curriculum:
-        ax.plot(seqs, [m.get("full_size", {}).get("test_loss", np.nan) for m in metrics], "-.", color="black", lw=1.2,
+        ax.plot(seqs, [f.get("test_loss", np.nan) for f in full], "-.", color="black", lw=1.2,
                 label="model (full-size test split)")
+        if full_ref:
+            ax.plot(seqs, [f.get("baselines", {}).get(full_ref, np.nan) for f in full], "-.", color="C3", lw=1.2,
+                    label=f"{full_ref} (full-size test split)")
     denoised = any(m.get("train_target") == "conditional_mean" for m in metrics)  # no label noise: ~E[σ²] lower
     weighted = any("train_position_weights" in m for m in metrics)  # a weighted mean: not on the test loss's scale
     if not weighted:
@@ -352,7 +368,11 @@ def _plot_raw_curves(ax, metrics: list[dict[str, Any]], eval_result: dict[str, A
     losses += [m["train_loss"] for m in metrics] if denoised and not weighted else []  # below every test curve: keep it in view
     if losses:
         lo = min(losses)
-        ax.set_ylim(lo * 0.95, min(max(losses), lo * 2.0))
+        hi = min(max(losses), lo * 2.0)
+        if curriculum:  # the full-size curves lie above the point's: their last epoch stays in view
+            hi = max([hi] + [1.05 * v for v in (full[-1].get("test_loss"), (full[-1].get("baselines") or {}).get(full_ref))
+                             if v is not None and np.isfinite(v)])
+        ax.set_ylim(lo * 0.95, hi)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Test loss over training (each epoch's held-out split"
                  + (" at its curriculum point; dash-dot: the model on a full-size split)" if curriculum else ")"))

@@ -125,20 +125,31 @@ class SweepSpec:
 
 def curriculum_before_grace(spec: SweepSpec, trials: list[Trial]) -> str | None:
     """A line for the sweep's log where ASHA's first rung (in sequences) comes before some trials' curricula
-    reach full size: those are judged on the full-size task before they have trained on it. None otherwise."""
+    reach full size: those are judged on the full-size task before they have trained on it. It counts the
+    ones that never reach full size within their budget apart, and names a grace that judges every one after
+    its curriculum only where such a grace fits the budget. None where no curriculum ends after the first rung."""
+    from selectlens.train.plan import EpochPlan
+
     if not spec.asha or spec.asha["time"] != "sequences":
         return None
-    ends = []
+    grace, ends, never = spec.asha["grace"], [], 0
     for t in trials:
         cur, data = t.config.training.curriculum, t.config.data
-        if cur is not None:
-            ends.append(cur.end_step(data.d_d, data.N) * t.config.training.batch_size)
-    late = [e for e in ends if e > spec.asha["grace"]]
-    if not late:
+        if cur is None:
+            continue
+        plan, step = EpochPlan.from_config(t.config), cur.end_step(data.d_d, data.N)
+        if step >= plan.total_steps:
+            never += 1
+        elif plan.sequences_before(step) > grace:
+            ends.append(plan.sequences_before(step))
+    if not ends and not never:
         return None
-    return (f"note: {len(late)} trials' curricula reach full size after up to {max(late):,.0f} training sequences, past "
-            f"ASHA's first rung at {spec.asha['grace']:,.0f}; ASHA judges them on the full-size task before they have "
-            f"trained at full size (a scheduler.asha.grace of {max(late):,.0f} or more judges every one after)")
+    parts = ([f"{len(ends)} trials' curricula reach full size after up to {max(ends):,} training sequences, past "
+              f"ASHA's first rung at {grace:,}"] if ends else [])
+    parts += [f"{never} trials' curricula do not reach full size within their budget"] if never else []
+    fits = ends and not never and max(ends) <= spec.asha["max"]
+    return ("note: " + "; ".join(parts) + "; ASHA judges them on the full-size task before they have trained at full size"
+            + (f" (a scheduler.asha.grace of {max(ends):,} or more judges every one after)" if fits else ""))
 
 
 def _base_path(base: str, base_dir: Path) -> Path:

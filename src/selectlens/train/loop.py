@@ -279,7 +279,7 @@ class CurriculumSplit:
     baseline_batch: Batch
     task: TaskFamily
     point: tuple[int, int]
-    full: Batch
+    full: Batch | None  # None on the ranks that do not score the epoch
 
 
 def full_size_split(state: TrainState, size: int) -> Batch:
@@ -502,8 +502,8 @@ def run_epoch(state: TrainState, plan: EpochPlan, loss: LossFn, epoch: int, bar=
     if state.config.training.curriculum is not None:
         point = curriculum_point(state)
         model_b, base_b = state.task.sample_at(plan.n_seq - plan.n_train, state.data_gen, *point)
-        test_b = CurriculumSplit(model_b, base_b, state.task.reduced(*point), point,
-                                 full_size_split(state, plan.n_seq - plan.n_train))
+        full = full_size_split(state, plan.n_seq - plan.n_train) if state.dist.is_main else None  # rank 0 scores
+        test_b = CurriculumSplit(model_b, base_b, state.task.reduced(*point), point, full)
     return float(total) / plan.steps_per_epoch, test_b
 
 

@@ -25,3 +25,11 @@ class EpochPlan:
         bs = config.training.batch_size
         steps = math.ceil(n_train / bs)
         return cls(n_seq, n_train, bs, steps, steps * config.training.epochs)
+
+    def sequences_before(self, step: float) -> float:
+        """Training sequences drawn before optimiser step ``step`` (0-based): whole epochs, then full batches
+        (``math.inf`` for an infinite step)."""
+        if math.isinf(step):
+            return math.inf
+        epochs, rest = divmod(int(step), self.steps_per_epoch)
+        return epochs * self.n_train + rest * self.batch_size

@@ -40,8 +40,11 @@ class MetricSinks:
             self.callback(record)
         if self.wandb_run is None:
             return
-        flat = {k: v for k, v in record.items() if k != "baselines"}
+        flat = {k: v for k, v in record.items() if k not in ("baselines", "full_size")}
         flat.update({f"baselines/{k}": v for k, v in record.get("baselines", {}).items()})
+        full = record.get("full_size", {})  # a curriculum run's full-size split
+        flat.update({f"full_size/{k}": v for k, v in full.items() if k != "baselines"})
+        flat.update({f"full_size/baselines/{k}": v for k, v in full.get("baselines", {}).items()})
         self.wandb_run.log(flat, step=int(record["step"]))
 
     def close(self) -> None:
