@@ -375,7 +375,8 @@ def _plot_raw_curves(ax, metrics: list[dict[str, Any]], eval_result: dict[str, A
         ax.set_ylim(lo * 0.95, hi)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Test loss over training (each epoch's held-out split"
-                 + (" at its curriculum point; dash-dot: the model on a full-size split)" if curriculum else ")"))
+                 + (" at its curriculum point)\ndash-dot: the model and the Bayes reference on a full-size split"
+                    if curriculum else ")"))
 
 
 def non_finite_keys(obj: Any, prefix: str = "") -> list[str]:
