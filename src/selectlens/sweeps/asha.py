@@ -38,6 +38,14 @@ def reference_name(config: dict[str, Any]) -> str | None:
         return None
 
 
+def full_task_values(record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """An epoch record's test losses on the full task (a curriculum run's ``full_size`` split, else the record's
+    own), and whether they are instead at a curriculum point: a curriculum record written before runs kept
+    that split, on a smaller task."""
+    full = record.get("full_size")
+    return (full, False) if full is not None else (record, "curriculum" in record)
+
+
 def epoch_report(record: dict[str, Any], reference: str | None, minutes: float) -> dict[str, Any]:
     """What a trial reports to the scheduler after an epoch: sequences, minutes, test_loss and, with a
     reference, ``excess_ratio`` = test loss / the reference's − 1 on the same test split.
@@ -46,11 +54,9 @@ def epoch_report(record: dict[str, Any], reference: str | None, minutes: float) 
     judged on the task every other trial is judged on. A curriculum record without one (written before runs
     kept it) has only its point's values, on a smaller task: they are reported marked ``at_point``."""
     out: dict[str, Any] = {"sequences": int(record["sequences"]), "minutes": minutes}
-    source = record.get("full_size")
-    if source is None:
-        source = record
-        if "curriculum" in record:
-            out["at_point"] = True
+    source, at_point = full_task_values(record)
+    if at_point:
+        out["at_point"] = True
     out["test_loss"] = float(source["test_loss"])
     ref = source.get("baselines", {}).get(reference)
     if ref:

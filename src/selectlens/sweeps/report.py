@@ -19,6 +19,7 @@ from typing import Any
 from selectlens.fileio import atomic_write
 from selectlens.interpret.page import page, png
 from selectlens.rundir import read_jsonl
+from selectlens.sweeps.asha import full_task_values
 from selectlens.sweeps.trial import trial_dir
 from selectlens.sweeps.aggregate import collect, group_rows, group_table, shown_baselines, t_interval, trial_table
 
@@ -109,13 +110,12 @@ def trial_curves(sweep_dir: Path, data: dict[str, Any]) -> dict[str, dict[str, l
         path = trial_dir(sweep_dir, row["trial"]) / "metrics.jsonl"
         records = read_jsonl(path) if path.is_file() else []
         if records:
-            split = [r.get("full_size", r) for r in records]
+            split, at_point = zip(*map(full_task_values, records))
             ref = row.get("best_honest") or next((n for n in ("bayes_posterior_mixture", "dmmse", "context_validation_select")
                                                   if n in split[-1].get("baselines", {})), None)
-            at_point = any("curriculum" in r and "full_size" not in r for r in records)
             curves[row["trial"]] = {"sequences": [r["sequences"] for r in records], "test_loss": [r["test_loss"] for r in split],
                                     "status": row["status"],
-                                    "label": curve_label(row, data["keys"], len(data["seeds"]) > 1) + (" (at its curriculum point)" if at_point else ""),
+                                    "label": curve_label(row, data["keys"], len(data["seeds"]) > 1) + (" (at its curriculum point)" if any(at_point) else ""),
                                     **({"reference": [r["baselines"].get(ref, math.nan) for r in split], "reference_name": ref}
                                        if ref else {})}
     return curves

@@ -118,7 +118,9 @@ class SweepSpec:
         """With an ASHA budget in sequences, a trial trains at most that many: its epochs are capped."""
         if not self.asha or self.asha["time"] != "sequences":
             return cfg
-        per_epoch = max(1, min(cfg.data.train_samp_per_class - 1, int(round(cfg.data.train_prop * cfg.data.train_samp_per_class))))
+        from selectlens.train.plan import EpochPlan
+
+        per_epoch = EpochPlan.from_config(cfg).n_train
         epochs = min(cfg.training.epochs, max(1, math.ceil(self.asha["max"] / per_epoch)))
         return cfg if epochs == cfg.training.epochs else cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": epochs})})
 
@@ -138,10 +140,10 @@ def curriculum_before_grace(spec: SweepSpec, trials: list[Trial]) -> str | None:
         if cur is None:
             continue
         plan, step = EpochPlan.from_config(t.config), cur.end_step(data.d_d, data.N)
-        if step >= plan.total_steps:
+        if step >= plan.total_steps:  # an infinite step too
             never += 1
-        elif plan.sequences_before(step) > grace:
-            ends.append(plan.sequences_before(step))
+        elif plan.sequences_before(int(step)) > grace:
+            ends.append(plan.sequences_before(int(step)))
     if not ends and not never:
         return None
     parts = ([f"{len(ends)} trials' curricula reach full size after up to {max(ends):,} training sequences, past "

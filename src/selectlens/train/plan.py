@@ -26,10 +26,7 @@ class EpochPlan:
         steps = math.ceil(n_train / bs)
         return cls(n_seq, n_train, bs, steps, steps * config.training.epochs)
 
-    def sequences_before(self, step: float) -> float:
-        """Training sequences drawn before optimiser step ``step`` (0-based): whole epochs, then full batches
-        (``math.inf`` for an infinite step)."""
-        if math.isinf(step):
-            return math.inf
-        epochs, rest = divmod(int(step), self.steps_per_epoch)
+    def sequences_before(self, step: int) -> int:
+        """Training sequences drawn before optimiser step ``step`` (0-based): whole epochs, then full batches."""
+        epochs, rest = divmod(step, self.steps_per_epoch)
         return epochs * self.n_train + rest * self.batch_size
