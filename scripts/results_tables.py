@@ -40,6 +40,10 @@ from its sources, or from ``view=`` in the marker, e.g. ``<!-- table: cls-loglos
 * ``mixture-vs-single`` (raw-data run directories): the three-model σ experiment from each run's own
   eval.json, the mixture model against the model trained on that σ alone at n ≥ 2d, their ratio per
   training seed with a 95% t-interval across seeds;
+* ``paired`` (raw-data run directories NAME_s0, NAME_s1, …, one arm per NAME): each arm against the
+  arm ``reference=NAME`` seed by seed, the difference of the excess over the Bayes mixture over all positions,
+  of σ = 0.1's at n = d and 2d and of σ = 0.5's worst at n ≥ 2d, with 95% t-intervals across seeds, and
+  both arms' training time;
 * ``noise-models`` (the ``--json`` output of ``scripts/noise_models_table.py``): its tables.
 
 Under each table the script writes the command that regenerates it, the command that produced its
@@ -640,8 +644,112 @@ def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[l
     return _table(head, rows), cmds, _run_devices(sources)
 
 
+def _training_seconds(run: Path) -> float | None:
+    """The run's training time from its timing.jsonl (the last epoch's elapsed seconds), None without one."""
+    lines = (run / "timing.jsonl").read_text(encoding="utf-8").splitlines() if (run / "timing.jsonl").is_file() else []
+    return json.loads(lines[-1]).get("elapsed_s") if lines else None
+
+
+def _epoch_curve(run: Path, reference: str) -> list[tuple[float, float]]:
+    """(training seconds, excess ratio over ``reference`` on the full task) at each epoch of a run: the per-epoch
+    test split of metrics.jsonl (a curriculum run's full-size split), timed by timing.jsonl. Epochs with no
+    time, or whose values are at a curriculum point, are left out."""
+    from selectlens.sweeps.asha import epoch_report
+
+    if not (run / "timing.jsonl").is_file():
+        return []
+    times = {r["epoch"]: r["elapsed_s"] for r in map(json.loads, (run / "timing.jsonl").read_text(encoding="utf-8").splitlines())}
+    out = []
+    for rec in map(json.loads, (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()):
+        rep = epoch_report(rec, reference, 0.0)
+        if rec.get("epoch") in times and "excess_ratio" in rep and not rep.get("at_point"):
+            out.append((times[rec["epoch"]], rep["excess_ratio"]))
+    return out
+
+
+def _at_equal_time(arm: list[tuple[float, float]], ref: list[tuple[float, float]]) -> float | None:
+    """The arm's last per-epoch excess minus the reference's at the last epoch it had finished by then."""
+    if not arm:
+        return None
+    before = [v for s, v in ref if s <= arm[-1][0]]
+    return arm[-1][1] - before[-1] if before else None
+
+
+def _paired_values(run: Path) -> dict[str, Any]:
+    """What view paired compares for one run: the excess over the Bayes mixture over all positions, σ = 0.1's at
+    n = d and 2d, σ = 0.5's worst at n ≥ 2d (as in view recipe), and the training time."""
+    r, ev = recipe_run(run), _read_json(run / "eval.json")
+    all_, ref = ev["groups"]["all"], ev["reference"]
+    out = {"seed": r["config"]["seed"], "all": _mean_over_positions(all_, "model") / _mean_over_positions(all_, ref) - 1,
+           "seconds": _training_seconds(run), "d": ev["d"], "curve": _epoch_curve(run, ref)}
+    low, high = r["groups"].get("sigma=0.1"), r["groups"].get("sigma=0.5")
+    if low is not None:
+        out["low_d"], out["low_2d"] = low["ratio"][ev["d"]], low["ratio"][2 * ev["d"]]
+    if high is not None:
+        out["high"] = high["ratio"][high["worst_n"]]
+    return out
+
+
+def _paired_cells(arm: list[dict[str, Any]], ref: list[dict[str, Any]]) -> list[str]:
+    """view paired's cells for one arm, its runs and the reference's in seed order (see view_paired)."""
+    from selectlens.sweeps.aggregate import t_interval
+
+    def cell(values: list[float], spec: str) -> str:
+        m, lo, hi = t_interval(values)
+        return f"{m:{spec}} {_ci(lo, hi, spec)}"
+
+    def diff(key: str, spec: str) -> str:
+        if any(key not in a or key not in r for a, r in zip(arm, ref)):
+            return "—"
+        return cell([a[key] - r[key] for a, r in zip(arm, ref)], spec)
+
+    secs = [(a["seconds"], r["seconds"]) for a, r in zip(arm, ref)]
+    time = "—" if any(None in p for p in secs) else " / ".join(f"{sum(p[k] for p in secs) / len(secs):,.0f}" for k in (0, 1))
+    same = [_at_equal_time(a["curve"], r["curve"]) for a, r in zip(arm, ref)]
+    per_seed = lambda xs: ", ".join(f"{x:+.3f}" for x in xs)  # noqa: E731
+    return [diff("all", "+.3f"), per_seed([a["all"] - r["all"] for a, r in zip(arm, ref)]), diff("low_d", "+.2f"),
+            diff("low_2d", "+.2f"), diff("high", "+.3f"), time,
+            "—" if None in same else f"{cell(same, '+.3f')} ({per_seed(same)})"]
+
+
+def view_paired(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
+    """Each arm against a reference arm (``reference=NAME``), seed by seed: runs NAME_s0, NAME_s1, … are one arm's
+    seeds and pair with the reference run of the same training seed. Per arm the paired difference (arm −
+    reference) of the excess over the Bayes mixture over all positions, of σ = 0.1's at n = d and 2d and of σ =
+    0.5's worst at n ≥ 2d, each the mean across seeds with its 95% t-interval; the per-seed differences of the
+    first; the mean training time of both (timing.jsonl), so an arm cheaper per sequence shows it; and the same
+    comparison at equal time: the arm's last per-epoch excess (metrics.jsonl's test split, a curriculum run's
+    full-size one) against the reference's at the last epoch it had finished in the arm's training time."""
+    reference = opts.get("reference")
+    arms: dict[str, dict[int, dict[str, Any]]] = {}
+    for src in sources:
+        one = _paired_values(src)
+        arm = arms.setdefault(re.sub(r"_s\d+$", "", src.name), {})
+        if one["seed"] in arm:
+            raise TableError(f"{src}: a second run of seed {one['seed']} of {src.name}; give each seed once")
+        arm[one["seed"]] = one
+    if reference not in arms:
+        raise TableError(f"view paired needs reference=ARM, one of {', '.join(arms)} (got {reference!r})")
+    base = arms[reference]
+    head = ["arm", "seeds", "excess over all n: arm − reference", "per seed", "σ=0.1 at n = d: arm − reference",
+            "σ=0.1 at n = 2d: arm − reference", "σ=0.5 worst n ≥ 2d: arm − reference", "training s: arm / reference",
+            "at the arm's training time, per-epoch split: arm − reference (per seed)"]
+    rows = []
+    for name, runs in arms.items():
+        seeds = sorted(set(runs) & set(base))
+        if name == reference:
+            continue
+        if len(seeds) < 2:
+            raise TableError(f"arm {name} shares {len(seeds)} seed(s) with {reference}; a paired interval needs two")
+        rows.append([name, ",".join(map(str, seeds)), *_paired_cells([runs[s] for s in seeds], [base[s] for s in seeds])])
+    if not rows:
+        raise TableError(f"view paired needs runs of an arm other than the reference {reference}")
+    return _table(head, rows), "; ".join(source_command(s) for s in sources), _run_devices(sources)
+
+
 VIEWS = {"asha": view_asha, "task-diversity": view_task_diversity, "eval": view_eval, "excess": view_excess, "sweep": view_sweep, "sweep-trials": view_sweep_trials,
-         "bench": view_bench, "efficiency": view_efficiency, "noise-models": view_noise_models, "recipe": view_recipe, "vs-oracle": view_vs_oracle, "mixture-vs-single": view_mixture_vs_single}
+         "bench": view_bench, "efficiency": view_efficiency, "noise-models": view_noise_models, "recipe": view_recipe, "vs-oracle": view_vs_oracle, "mixture-vs-single": view_mixture_vs_single,
+         "paired": view_paired}
 
 
 def default_view(sources: list[Path]) -> str:
