@@ -42,8 +42,8 @@ from its sources, or from ``view=`` in the marker, e.g. ``<!-- table: cls-loglos
   training seed with a 95% t-interval across seeds;
 * ``paired`` (raw-data run directories NAME_s0, NAME_s1, …, one arm per NAME): each arm against the
   arm ``reference=NAME`` seed by seed, the difference of the excess over the Bayes mixture over all positions,
-  of σ = 0.1's at n = d and 2d and of σ = 0.5's worst at n ≥ 2d, with 95% t-intervals across seeds, and
-  both arms' training time;
+  of σ = 0.1's at n = d and 2d and of σ = 0.5's worst at n ≥ 2d, with 95% t-intervals across seeds,
+  both arms' training time, and the per-epoch excess at equal training time (the faster run's);
 * ``noise-models`` (the ``--json`` output of ``scripts/noise_models_table.py``): its tables.
 
 Under each table the script writes the command that regenerates it, the command that produced its
@@ -644,23 +644,38 @@ def view_mixture_vs_single(sources: list[Path], opts: dict[str, str]) -> tuple[l
     return _table(head, rows), cmds, _run_devices(sources)
 
 
-def _training_seconds(run: Path) -> float | None:
-    """The run's training time from its timing.jsonl (the last epoch's elapsed seconds), None without one."""
-    lines = (run / "timing.jsonl").read_text(encoding="utf-8").splitlines() if (run / "timing.jsonl").is_file() else []
-    return json.loads(lines[-1]).get("elapsed_s") if lines else None
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines file's records; a line that is not a JSON object is a TableError naming it."""
+    out = []
+    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            raise TableError(f"{path}: line {k} is not a JSON record")
+        out.append(rec)
+    return out
 
 
 def _epoch_curve(run: Path, reference: str) -> list[tuple[float, float]]:
     """(training seconds, excess ratio over ``reference`` on the full task) at each epoch of a run: the per-epoch
-    test split of metrics.jsonl (a curriculum run's full-size split), timed by timing.jsonl. Epochs with no
-    time, or whose values are at a curriculum point, are left out."""
+    test split of metrics.jsonl (a curriculum run's full-size split), timed by timing.jsonl's ``elapsed_s``
+    (training plus the per-epoch scoring). Epochs whose values are at a curriculum point are left out."""
     from selectlens.sweeps.asha import epoch_report
 
-    if not (run / "timing.jsonl").is_file():
-        return []
-    times = {r["epoch"]: r["elapsed_s"] for r in map(json.loads, (run / "timing.jsonl").read_text(encoding="utf-8").splitlines())}
+    timing = run / "timing.jsonl"
+    if not timing.is_file():
+        raise TableError(f"{timing}: missing; view paired compares training times")
+    times = {}
+    for rec in _jsonl(timing):
+        if not isinstance(rec.get("elapsed_s"), (int, float)) or "epoch" not in rec:
+            raise TableError(f"{timing}: a record without epoch and elapsed_s")
+        times[rec["epoch"]] = float(rec["elapsed_s"])
+    if list(times.values()) != sorted(times.values()):
+        raise TableError(f"{timing}: elapsed_s decreases (a resumed run's clock restarted); its times do not compare")
     out = []
-    for rec in map(json.loads, (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()):
+    for rec in _jsonl(run / "metrics.jsonl"):
         rep = epoch_report(rec, reference, 0.0)
         if rec.get("epoch") in times and "excess_ratio" in rep and not rep.get("at_point"):
             out.append((times[rec["epoch"]], rep["excess_ratio"]))
@@ -668,48 +683,58 @@ def _epoch_curve(run: Path, reference: str) -> list[tuple[float, float]]:
 
 
 def _at_equal_time(arm: list[tuple[float, float]], ref: list[tuple[float, float]]) -> float | None:
-    """The arm's last per-epoch excess minus the reference's at the last epoch it had finished by then."""
-    if not arm:
+    """arm − reference, each at its last epoch finished by the time the faster of the two had finished training
+    (None where one had finished no epoch by then)."""
+    if not arm or not ref:
         return None
-    before = [v for s, v in ref if s <= arm[-1][0]]
-    return arm[-1][1] - before[-1] if before else None
+    by = min(arm[-1][0], ref[-1][0])
+    a, r = [v for s, v in arm if s <= by], [v for s, v in ref if s <= by]
+    return a[-1] - r[-1] if a and r else None
 
 
 def _paired_values(run: Path) -> dict[str, Any]:
     """What view paired compares for one run: the excess over the Bayes mixture over all positions, σ = 0.1's at
-    n = d and 2d, σ = 0.5's worst at n ≥ 2d (as in view recipe), and the training time."""
+    n = d and 2d, σ = 0.5's worst at n ≥ 2d (as in view recipe), and the per-epoch curve in training seconds."""
     r, ev = recipe_run(run), _read_json(run / "eval.json")
-    all_, ref = ev["groups"]["all"], ev["reference"]
-    out = {"seed": r["config"]["seed"], "all": _mean_over_positions(all_, "model") / _mean_over_positions(all_, ref) - 1,
-           "seconds": _training_seconds(run), "d": ev["d"], "curve": _epoch_curve(run, ref)}
+    all_, ref, d = ev["groups"]["all"], ev["reference"], ev["d"]
+    curve = _epoch_curve(run, ref)
+    out = {"seed": r["config"]["seed"], "d": d, "curve": curve, "seconds": curve[-1][0] if curve else None,
+           "all": _mean_over_positions(all_, "model") / _mean_over_positions(all_, ref) - 1}
     low, high = r["groups"].get("sigma=0.1"), r["groups"].get("sigma=0.5")
-    if low is not None:
-        out["low_d"], out["low_2d"] = low["ratio"][ev["d"]], low["ratio"][2 * ev["d"]]
+    if low is not None and {d, 2 * d} <= set(low["ratio"]):
+        out["sigma0.1_at_d"], out["sigma0.1_at_2d"] = low["ratio"][d], low["ratio"][2 * d]
     if high is not None:
-        out["high"] = high["ratio"][high["worst_n"]]
+        out["sigma0.5_worst"] = high["ratio"][high["worst_n"]]
     return out
+
+
+def _interval_cell(values: list[float], spec: str) -> str:
+    from selectlens.sweeps.aggregate import t_interval
+
+    m, lo, hi = t_interval(values)
+    return f"{m:{spec}} {_ci(lo, hi, spec)}"
+
+
+def _per_seed(values: list[float]) -> str:
+    return ", ".join(f"{v:+.3f}" for v in values)
 
 
 def _paired_cells(arm: list[dict[str, Any]], ref: list[dict[str, Any]]) -> list[str]:
     """view paired's cells for one arm, its runs and the reference's in seed order (see view_paired)."""
-    from selectlens.sweeps.aggregate import t_interval
-
-    def cell(values: list[float], spec: str) -> str:
-        m, lo, hi = t_interval(values)
-        return f"{m:{spec}} {_ci(lo, hi, spec)}"
+    pairs = list(zip(arm, ref))
 
     def diff(key: str, spec: str) -> str:
-        if any(key not in a or key not in r for a, r in zip(arm, ref)):
+        if any(key not in a or key not in r for a, r in pairs):
             return "—"
-        return cell([a[key] - r[key] for a, r in zip(arm, ref)], spec)
+        return _interval_cell([a[key] - r[key] for a, r in pairs], spec)
 
-    secs = [(a["seconds"], r["seconds"]) for a, r in zip(arm, ref)]
-    time = "—" if any(None in p for p in secs) else " / ".join(f"{sum(p[k] for p in secs) / len(secs):,.0f}" for k in (0, 1))
-    same = [_at_equal_time(a["curve"], r["curve"]) for a, r in zip(arm, ref)]
-    per_seed = lambda xs: ", ".join(f"{x:+.3f}" for x in xs)  # noqa: E731
-    return [diff("all", "+.3f"), per_seed([a["all"] - r["all"] for a, r in zip(arm, ref)]), diff("low_d", "+.2f"),
-            diff("low_2d", "+.2f"), diff("high", "+.3f"), time,
-            "—" if None in same else f"{cell(same, '+.3f')} ({per_seed(same)})"]
+    timed = all(run["seconds"] is not None for run in arm + ref)
+    mean_seconds = [sum(run["seconds"] for run in runs) / len(runs) for runs in (arm, ref)] if timed else []
+    time_cell = " / ".join(f"{s:,.0f}" for s in mean_seconds) or "—"
+    same = [_at_equal_time(a["curve"], r["curve"]) for a, r in pairs]
+    same_cell = "—" if None in same else f"{_interval_cell(same, '+.3f')} ({_per_seed(same)})"
+    return [diff("all", "+.3f"), _per_seed([a["all"] - r["all"] for a, r in pairs]), diff("sigma0.1_at_d", "+.2f"),
+            diff("sigma0.1_at_2d", "+.2f"), diff("sigma0.5_worst", "+.3f"), time_cell, same_cell]
 
 
 def view_paired(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], str, str]:
@@ -717,9 +742,11 @@ def view_paired(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
     seeds and pair with the reference run of the same training seed. Per arm the paired difference (arm −
     reference) of the excess over the Bayes mixture over all positions, of σ = 0.1's at n = d and 2d and of σ =
     0.5's worst at n ≥ 2d, each the mean across seeds with its 95% t-interval; the per-seed differences of the
-    first; the mean training time of both (timing.jsonl), so an arm cheaper per sequence shows it; and the same
-    comparison at equal time: the arm's last per-epoch excess (metrics.jsonl's test split, a curriculum run's
-    full-size one) against the reference's at the last epoch it had finished in the arm's training time."""
+    first; the mean training time of both (timing.jsonl), so an arm cheaper per sequence shows it; and the
+    difference at equal time: each run's per-epoch excess (metrics.jsonl's test split, a curriculum run's
+    full-size one) at its last epoch finished by the time the faster of the pair had finished. That last one
+    is not paired by sequence (each run scores its own per-epoch split) and the slower run is partway through
+    its schedule."""
     reference = opts.get("reference")
     arms: dict[str, dict[int, dict[str, Any]]] = {}
     for src in sources:
@@ -728,12 +755,14 @@ def view_paired(sources: list[Path], opts: dict[str, str]) -> tuple[list[str], s
         if one["seed"] in arm:
             raise TableError(f"{src}: a second run of seed {one['seed']} of {src.name}; give each seed once")
         arm[one["seed"]] = one
+    if len({one["d"] for runs in arms.values() for one in runs.values()}) > 1:
+        raise TableError("view paired compares runs of one task size; these runs have different d")
     if reference not in arms:
         raise TableError(f"view paired needs reference=ARM, one of {', '.join(arms)} (got {reference!r})")
     base = arms[reference]
     head = ["arm", "seeds", "excess over all n: arm − reference", "per seed", "σ=0.1 at n = d: arm − reference",
             "σ=0.1 at n = 2d: arm − reference", "σ=0.5 worst n ≥ 2d: arm − reference", "training s: arm / reference",
-            "at the arm's training time, per-epoch split: arm − reference (per seed)"]
+            "at equal training time, per-epoch split: arm − reference (per seed)"]
     rows = []
     for name, runs in arms.items():
         seeds = sorted(set(runs) & set(base))

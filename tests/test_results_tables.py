@@ -464,56 +464,75 @@ def test_mixture_vs_single_table_pairs_seeds_per_sigma(tmp_path):
 
 def test_paired_table_differences_each_arm_from_the_reference_seed_by_seed(tmp_path):
     """view paired: per arm, the per-seed difference from the reference run of the same seed, recomputed here from
-    the predictions the fake runs were scored on, with the t-interval across seeds; time from timing.jsonl."""
+    the predictions the fake runs were scored on, with the t-interval across seeds; times from timing.jsonl, and
+    the per-epoch excess at the faster run's training time."""
     from scipy.stats import t
 
     from selectlens.baselines import suite_for
     from selectlens.config import load_config
     from selectlens.tasks import make_task
 
-    def excess(model, bayes, y, keep=None, n=None):  # (model − Bayes) / Bayes in squared error
-        err = lambda p: float((((p - y).double() ** 2)[keep] if keep is not None else (p - y).double() ** 2)[..., n].mean()  # noqa: E731
-                              if n is not None else ((p - y).double() ** 2).mean())
-        return err(model) / err(bayes) - 1
+    def sq(p, y, keep=None, n=None):  # mean squared error, over the sequences kept and one position or all
+        e = (p - y).double() ** 2
+        e = e[keep] if keep is not None else e
+        return float((e[..., n] if n is not None else e).mean())
 
-    diffs, low_2d = [], []
+    def interval(xs):
+        m, sd = sum(xs) / len(xs), (sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+        half = t.ppf(0.975, len(xs) - 1) * sd / len(xs) ** 0.5
+        return [m, m - half, m + half]
+
+    want = {k: [] for k in ("all", "d", "2d", "half", "arm_epoch")}
     for s in range(3):
         _, batch, bayes = _fake_ablation_run(tmp_path / f"ref_s{s}", s, "ridge[0.5]")
-        _fake_ablation_run(tmp_path / f"arm_s{s}", s, "bayes")  # the same seed: the same held-out sequences
+        _fake_ablation_run(tmp_path / f"arm_s{s}", s, "ridge[0.1]")  # the same seed: the same held-out sequences
         cfg = load_config("mixed_noise_cpu", ["data.N=8", "data.d_d=3", "training.epochs=2", "data.train_samp_per_class=100", f"seed={s}"])
         suite = suite_for(make_task(cfg))
-        model = suite.predictors(suite.fit(s, 400))["ridge[0.5]"](batch)
-        diffs.append(0.0 - excess(model, bayes, batch.y))
-        low_2d.append(0.0 - excess(model, bayes, batch.y, batch.sigma == 0.1, 6))
+        fitted = suite.predictors(suite.fit(s, 400))
+        ref_p, arm_p, y = fitted["ridge[0.5]"](batch), fitted["ridge[0.1]"](batch), batch.y
+        want["all"].append(sq(arm_p, y) / sq(bayes, y) - sq(ref_p, y) / sq(bayes, y))
+        low = batch.sigma == 0.1
+        for key, n in (("d", 3), ("2d", 6)):
+            want[key].append((sq(arm_p, y, low, n) - sq(ref_p, y, low, n)) / sq(bayes, y, low, n))
+        high = batch.sigma == 0.5
+        worst = lambda p: max(sq(p, y, high, n) / sq(bayes, y, high, n) - 1 for n in range(6, 8))  # noqa: E731
+        want["half"].append(worst(arm_p) - worst(ref_p))
+        want["arm_epoch"].append(sq(arm_p, batch.target) / sq(bayes, batch.target) - 1)  # its metrics.jsonl line
         for name, secs in (("ref", 100.0 + s), ("arm", 50.0)):
             (tmp_path / f"{name}_s{s}" / "timing.jsonl").write_text(json.dumps({"epoch": 2, "elapsed_s": secs}) + "\n")
-        # the reference's first epoch, done by 40 s: at the arm's 50 s it is the reference's last, at 1.6 × (1 + 0.1 s)
+        # the reference's first epoch, done by 40 s (before the arm's 50 s), at an excess of 0.1 + 0.1 s
         ref = tmp_path / f"ref_s{s}"
         first = {"epoch": 1, "sequences": 50, "test_loss": 1.6 * (1.1 + 0.1 * s), "baselines": {"bayes_posterior_mixture": 1.6}}
         (ref / "metrics.jsonl").write_text(json.dumps(first) + "\n" + (ref / "metrics.jsonl").read_text())
         (ref / "timing.jsonl").write_text(json.dumps({"epoch": 1, "elapsed_s": 40.0}) + "\n" + (ref / "timing.jsonl").read_text())
+    assert len(set(round(x, 6) for x in want["all"])) == 3  # the arm's differences depend on the seed
     page = tmp_path / "r.md"
-    page.write_text(_page(tmp_path, "p view=paired reference=ref"))
-    runs = [str(tmp_path / f"{a}_s{s}") for a in ("arm", "ref") for s in (2, 0, 1)]  # pairs by seed, not order
-    res = _run_script(page, "--table", "p", *runs)
+    page.write_text(_page(tmp_path, "p view=paired reference=ref", "q view=paired reference=arm"))
+    runs = [str(tmp_path / f"arm_s{s}") for s in (2, 0, 1)] + [str(tmp_path / f"ref_s{s}") for s in (1, 2, 0)]
+    res = _run_script(page, "--table", "p", *runs, "--table", "q", *runs)  # pairs by seed, not by order
     assert res.returncode == 0, res.stderr
-    [row] = _rows(page.read_text(), "p")
-    assert row[:2] == ["arm", "0,1,2"]
-
-    def interval(xs):
-        m, sd = sum(xs) / 3, (sum((x - sum(xs) / 3) ** 2 for x in xs) / 2) ** 0.5
-        return [m, m - t.ppf(0.975, 2) * sd / 3 ** 0.5, m + t.ppf(0.975, 2) * sd / 3 ** 0.5]
-
-    assert min(diffs) < 0 and _numbers(row[2]) == pytest.approx(interval(diffs), abs=6e-4)
-    assert _numbers(row[3]) == pytest.approx(diffs, abs=6e-4)
-    assert _numbers(row[5]) == pytest.approx(interval(low_2d), abs=6e-3)
+    [row], [back] = _rows(page.read_text(), "p"), _rows(page.read_text(), "q")
+    assert row[:2] == ["arm", "0,1,2"] and back[:2] == ["ref", "0,1,2"]
+    assert _numbers(row[2]) == pytest.approx(interval(want["all"]), abs=6e-4)
+    assert _numbers(row[3]) == pytest.approx(want["all"], abs=6e-4)
+    for cell, key, tol in ((4, "d", 6e-3), (5, "2d", 6e-3), (6, "half", 6e-4)):
+        assert _numbers(row[cell]) == pytest.approx(interval(want[key]), abs=tol), key
     assert row[7] == "50 / 101"
-    # at equal time: the arm's last epoch (its Bayes-equal predictions: excess 0) against the reference's first
-    same = [0.0 - (0.1 + 0.1 * s) for s in range(3)]
+    # at equal time (50 s, the arm's): the arm's last epoch against the reference's first; and the other way round
+    same = [a - (0.1 + 0.1 * s) for s, a in enumerate(want["arm_epoch"])]
     assert _numbers(row[8]) == pytest.approx(interval(same) + same, abs=6e-4)
+    assert _numbers(back[8]) == pytest.approx(interval([-x for x in same]) + [-x for x in same], abs=6e-4)
+    (tmp_path / "ref_s0" / "timing.jsonl").write_text(json.dumps({"epoch": 2, "elapsed_s": 100.0}) + "\n")
+    assert _run_script(page, "--table", "p", *runs).returncode == 0  # the reference had no epoch by 50 s
+    assert _rows(page.read_text(), "p")[0][8] == "—"
+    for bad in ('{"epoch": 2, "elap', ""):  # a cut line, a blank line: one error line naming the file
+        (tmp_path / "ref_s0" / "timing.jsonl").write_text('{"epoch": 1, "elapsed_s": 40.0}\n' + bad + "\n")
+        res = _run_script(page, "--table", "p", *runs)
+        assert res.returncode == 2 and "ref_s0/timing.jsonl: line 2" in res.stderr and res.stderr.count("\n") == 1
+    (tmp_path / "ref_s0" / "timing.jsonl").write_text(json.dumps({"epoch": 2, "elapsed_s": 100.0}) + "\n")
     res = _run_script(page, "--table", "p", *runs[:3])  # no reference run
     assert res.returncode == 2 and "reference=ARM" in res.stderr and res.stderr.count("\n") == 1
-    res = _run_script(page, "--table", "p", runs[0], runs[3], runs[4])  # the arm has one seed: no interval
+    res = _run_script(page, "--table", "p", runs[0], *runs[3:])  # the arm has one seed: no interval
     assert res.returncode == 2 and "shares 1 seed(s)" in res.stderr
 
 
