@@ -410,7 +410,7 @@ def _mean_over_positions(res: dict[str, Any], name: str) -> float:
 
 
 def recipe_run(run: Path) -> dict[str, Any]:
-    """One ablation run: its config, sequences trained and asked, plateau (from eval.json, at full size on
+    """One ablation run: its config and eval.json, sequences trained and asked, plateau (from eval.json, at full size on
     its 20,000 held-out sequences), and per σ group the excess ratio and the best single-λ ridge's at each n."""
     cfg, ev = _run_config(run), _read_json(run / "eval.json")
     lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if (run / "metrics.jsonl").is_file() else []
@@ -421,7 +421,7 @@ def recipe_run(run: Path) -> dict[str, Any]:
     if "excess_risk_ratio" not in ev["groups"]["all"] or not any(n >= 2 * d for n in sizes):
         raise TableError(f"{run}: view recipe needs a raw-data run read out at n = d..N−1 (eval.json of a {ev.get('task')} run)")
     all_ = ev["groups"]["all"]
-    out = {"config": cfg, "sequences": json.loads(lines[-1])["sequences"], "asked": cfg["training"]["epochs"] * n_train,
+    out = {"config": cfg, "eval": ev, "sequences": json.loads(lines[-1])["sequences"], "asked": cfg["training"]["epochs"] * n_train,
            "plateau": _mean_over_positions(all_, "model") > PLATEAU * _mean_over_positions(all_, ref), "groups": {}}
     selects = len(cfg["data"].get("noise_levels") or []) > 1  # one σ: the best single ridge is the Bayes rule
     idx = {n: i for i, n in enumerate(sizes)}
@@ -695,7 +695,8 @@ def _at_equal_time(arm: list[tuple[float, float]], ref: list[tuple[float, float]
 def _paired_values(run: Path) -> dict[str, Any]:
     """What view paired compares for one run: the excess over the Bayes mixture over all positions, σ = 0.1's at
     n = d and 2d, σ = 0.5's worst at n ≥ 2d (as in view recipe), and the per-epoch curve in training seconds."""
-    r, ev = recipe_run(run), _read_json(run / "eval.json")
+    r = recipe_run(run)
+    ev = r["eval"]
     all_, ref, d = ev["groups"]["all"], ev["reference"], ev["d"]
     curve = _epoch_curve(run, ref)
     out = {"seed": r["config"]["seed"], "d": d, "curve": curve, "seconds": curve[-1][0] if curve else None,

@@ -142,8 +142,8 @@ def curriculum_before_grace(spec: SweepSpec, trials: list[Trial]) -> str | None:
         plan, step = EpochPlan.from_config(t.config), cur.end_step(data.d_d, data.N)
         if step >= plan.total_steps:  # an infinite step too
             never += 1
-        elif plan.sequences_before(int(step)) > grace:
-            ends.append(plan.sequences_before(int(step)))
+        elif (end := plan.sequences_before(int(step))) > grace:
+            ends.append(end)
     if not ends and not never:
         return None
     parts = ([f"{len(ends)} trials' curricula reach full size after up to {max(ends):,} training sequences, past "
